@@ -1,0 +1,116 @@
+"""Atomic file writing: a file that exists in OUTPUT_DIR is complete.
+
+Each writer writes to a hidden temporary name in the target's own directory and renames it into place
+(``os.replace`` is atomic on POSIX file systems), so a run killed at any moment leaves either the old
+file, the new one, or a hidden ``.*.partial`` temporary that :func:`remove_partials` cleans up on the
+next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
+
+    The temporary keeps ``path``'s extensions (``.nii.gz`` matters to nibabel) behind a hidden prefix.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX + "".join(path.suffixes),
+                               dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _json_safe(obj):
+    """Replace non-finite floats by strings ("inf", "n/a") so the JSON stays standard."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        if math.isnan(f):
+            return "n/a"
+        if math.isinf(f):
+            return "inf" if f > 0 else "-inf"
+        return f
+    return obj
+
+
+def write_json(path, data: dict) -> Path:
+    """Write ``data`` as indented JSON atomically; numpy values are converted."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_json_safe(data), indent=2, default=_json_default) + "\n")
+    return Path(path)
+
+
+def write_text(path, text: str) -> Path:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_nifti(path, data: np.ndarray, affine: np.ndarray, dtype=None, header=None) -> Path:
+    """Write an array as NIfTI-1 atomically (``.nii.gz`` compressed by extension)."""
+    arr = np.asarray(data)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    elif arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=float), header=header)
+    img.header.set_xyzt_units("mm", "sec")
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+    return Path(path)
+
+
+def copy_file(src, dst) -> Path:
+    """Copy ``src`` to ``dst`` atomically."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
+
+
+def remove_partials(root) -> int:
+    """Delete temporaries left by a killed run under ``root``; returns how many were removed."""
+    root = Path(root)
+    if not root.exists():
+        return 0
+    n = 0
+    for p in root.rglob(f".*{PARTIAL_SUFFIX}*"):
+        if p.is_file():
+            p.unlink()
+            n += 1
+    return n
