@@ -1,0 +1,191 @@
+"""``strokeperf BIDS_DIR OUTPUT_DIR {participant,group}``: the BIDS App command line (SPEC.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from strokeperf import __version__, inputs, io, report, tables
+from strokeperf.config import load_parameters
+from strokeperf.errors import EXIT_OK, EXIT_SESSION_FAILED, StrokeperfError
+from strokeperf.interfaces.derivatives import volumes_path, write_dataset_description
+
+log = logging.getLogger("strokeperf")
+
+DECONVOLUTION_METHODS = ("bcsvd",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="strokeperf",
+        description="Perfusion maps, ischemic core, Tmax lesions, mismatch and trial-eligibility "
+                    "profiles from CT perfusion and DSC-MRI in a BIDS dataset.",
+        epilog="Exit codes: 0 all sessions succeeded; 1 a session failed (the others are written); "
+               "2 usage error; 16 not a usable BIDS dataset; 18 labels matched nothing; "
+               "66 a required input file is missing or unreadable.")
+    p.add_argument("bids_dir", type=Path, help="raw BIDS dataset (or ISLES 2024 folder)")
+    p.add_argument("output_dir", type=Path, help="where the derivatives are written")
+    p.add_argument("analysis_level", choices=["participant", "group"],
+                   help="participant: process sessions and rebuild the group table; "
+                        "group: only rebuild the group table and report")
+    p.add_argument("--version", action="version", version=f"strokeperf {__version__}")
+    sel = p.add_argument_group("selection")
+    sel.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                     help="participants to process, with or without 'sub-'")
+    sel.add_argument("--session-label", nargs="+", metavar="LABEL",
+                     help="sessions to process, with or without 'ses-'")
+    run = p.add_argument_group("execution")
+    run.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
+                     help="pydra cache; reruns with the same one reuse finished steps "
+                          "(default: ./work)")
+    run.add_argument("--nprocs", type=int, default=None,
+                     help="processes for the cf worker (default: all cores)")
+    run.add_argument("--worker", choices=["cf", "slurm", "debug"], default="cf",
+                     help="pydra worker (default: cf, local processes)")
+    run.add_argument("--slurm-args", default="", help="extra sbatch arguments, e.g. \"-p short\"")
+    run.add_argument("--config", type=Path, help="TOML file of method parameters")
+    run.add_argument("-v", "--verbose", action="store_true", help="show pydra's log messages")
+    meth = p.add_argument_group("methods (defaults in the README; each recorded in the sidecars)")
+    meth.add_argument("--frame-interval", type=float,
+                      help="seconds between frames when the sidecar has no timing (ISLES 2024)")
+    meth.add_argument("--deconvolution", choices=DECONVOLUTION_METHODS)
+    meth.add_argument("--denoise-fwhm", dest="denoise_fwhm_mm", type=float, metavar="MM",
+                      help="in-brain spatial smoothing of the concentration (FWHM, mm; 0 = none)")
+    meth.add_argument("--core-rcbf", type=float, help="CTP core: rCBF below this (default 0.30)")
+    meth.add_argument("--core-adc", type=float,
+                      help="MRI core: ADC below this, 1e-6 mm^2/s (default 620)")
+    meth.add_argument("--tmax-thresholds", type=float, nargs="+", metavar="S",
+                      help="Tmax thresholds in s (default 4 6 8 10)")
+    meth.add_argument("--min-cluster-ml", type=float, help="smallest lesion cluster kept, mL")
+    meth.add_argument("--vessel-cbv", type=float,
+                      help="CBV above which a voxel is a vessel, mL/100 g")
+    return p
+
+
+def _session_record(session: inputs.Session, work_dir: Path, participants) -> dict:
+    record = session.to_dict()
+    key = f"{session.prefix}_{session.modality}"
+    # Where a failing task leaves its message, and where the datasink marks completion of a run.
+    record["failure_file"] = str(work_dir / "failures" / f"{key}.json")
+    record["done_file"] = str(work_dir / "completed" / f"{key}.txt")
+    record["age"] = record["nihss"] = None
+    if participants is not None:
+        match = participants[participants["participant_id"] == session.participant_id]
+        if len(match):
+            for key in ("age", "nihss"):
+                if key in match.columns and match[key].notna().iloc[0]:
+                    record[key] = float(match[key].iloc[0])
+    return record
+
+
+def _submitter(args, work_dir: Path):
+    from pydra.engine.submitter import Submitter
+
+    kwargs = {}
+    if args.worker == "cf" and args.nprocs:
+        kwargs["n_procs"] = args.nprocs
+    if args.worker == "slurm" and args.slurm_args:
+        kwargs["sbatch_args"] = args.slurm_args
+    # One strokeperf run owns its work directory, so locks left by a killed run are stale.
+    return Submitter(worker=args.worker, cache_root=work_dir / "pydra", clean_stale_locks=True,
+                     **kwargs)
+
+
+def run_participant(args) -> int:
+    bids_dir, output_dir = args.bids_dir.resolve(), args.output_dir.resolve()
+    work_dir = args.work_dir.resolve()
+    parameters = load_parameters(
+        args.config, frame_interval=args.frame_interval, deconvolution=args.deconvolution,
+        denoise_fwhm_mm=args.denoise_fwhm_mm, core_rcbf=args.core_rcbf, core_adc=args.core_adc,
+        tmax_thresholds=args.tmax_thresholds, min_cluster_ml=args.min_cluster_ml,
+        vessel_cbv=args.vessel_cbv)
+    sessions = inputs.discover_sessions(bids_dir, args.participant_label, args.session_label)
+    participants = inputs.read_participants(bids_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    io.remove_partials(output_dir)
+    write_dataset_description(output_dir)
+    records = [_session_record(s, work_dir, participants) for s in sessions]
+    for r in records:
+        Path(r["failure_file"]).unlink(missing_ok=True)
+    ctp = [r for r in records if r["modality"] == "ctp"]
+    started = time.time()
+    run_id = uuid.uuid4().hex
+    print(f"strokeperf {__version__}: {len(records)} series from {bids_dir}", flush=True)
+    if ctp:
+        from strokeperf.workflows.ctp import CTPSession
+
+        task = CTPSession(output_dir=str(output_dir), run_id=run_id,
+                          config=parameters.to_dict()).split(session=ctp)
+        with _submitter(args, work_dir) as submitter:
+            submitter(task, raise_errors=False)
+    for r in records:
+        if Path(r["done_file"]).exists() and Path(r["done_file"]).read_text() == run_id:
+            continue
+        failure = Path(r["failure_file"])
+        message = (json.loads(failure.read_text())["message"] if failure.exists() else
+                   f"{r['perfusion_file']}: processing did not complete; details in {work_dir}")
+        tables.write_row(volumes_path(output_dir, r), tables.failed_row(
+            f"sub-{r['subject']}", f"ses-{r['session']}" if r["session"] else None,
+            r["modality"], message))
+    table = _write_group_outputs(output_dir, participants)
+    selected = {(f"sub-{r['subject']}", f"ses-{r['session']}" if r["session"] else "n/a",
+                 r["modality"]) for r in records}
+    mine = table[[k in selected for k in zip(table.participant_id, table.session_id,
+                                               table.modality)]]
+    failed = int((mine["status"] == "failed").sum())
+    _print_summary(mine, output_dir, time.time() - started)
+    return EXIT_SESSION_FAILED if failed else EXIT_OK
+
+
+def _write_group_outputs(output_dir: Path, participants):
+    table = tables.write_group_table(output_dir, participants)
+    report.write_group_report(output_dir, table)
+    return table
+
+
+def _print_summary(table, output_dir: Path, seconds: float) -> None:
+    for r in table.itertuples():
+        where = r.participant_id + ("" if r.session_id == "n/a" else f" {r.session_id}")
+        if r.status == "ok":
+            print(f"  {where} {r.modality}: core {r.core_ml} mL, Tmax>6s {r.tmax6_ml} mL, "
+                  f"mismatch ratio {r.mismatch_ratio}")
+        else:
+            print(f"  {where} {r.modality}: FAILED: {r.error}")
+    print(f"Outputs in {output_dir} ({seconds:.0f} s): group table "
+          f"{output_dir / tables.GROUP_TABLE}, cohort report {output_dir / 'group.html'}")
+
+
+def run_group(args) -> int:
+    output_dir = args.output_dir.resolve()
+    if not output_dir.is_dir():
+        raise inputs.MissingInputError(output_dir, "output directory not found; run the "
+                                                   "participant level first")
+    participants = inputs.read_participants(args.bids_dir.resolve())
+    table = _write_group_outputs(output_dir, participants)
+    print(f"Group table of {len(table)} session(s): {output_dir / tables.GROUP_TABLE}")
+    return EXIT_SESSION_FAILED if (table["status"] == "failed").any() else EXIT_OK
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("pydra").setLevel(logging.CRITICAL)
+    try:
+        if args.analysis_level == "group":
+            return run_group(args)
+        return run_participant(args)
+    except StrokeperfError as exc:
+        print(f"strokeperf: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

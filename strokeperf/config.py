@@ -1,0 +1,83 @@
+"""Run configuration: method parameters and their defaults, from a TOML file and the command line.
+
+Precedence: command-line options > ``--config FILE.toml`` > defaults below. The resolved parameters
+are recorded in every derivative sidecar (``Parameters``).
+
+A config file holds the same names as the options, with underscores::
+
+    deconvolution = "bcsvd"
+    denoise_fwhm_mm = 5.0
+    core_rcbf = 0.30
+    tmax_thresholds = [4, 6, 8, 10]
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from strokeperf import concentration, lesions
+from strokeperf.errors import MissingInputError, StrokeperfError
+
+
+class ConfigError(StrokeperfError):
+    """A config file or option value is invalid (command-line usage error, exit code 2)."""
+
+    exit_code = 2
+
+
+@dataclass
+class Parameters:
+    """Method parameters of one run (units in the names; defaults and sources in the stage modules)."""
+
+    frame_interval: float | None = None
+    deconvolution: str = "bcsvd"
+    deconvolution_options: dict = field(default_factory=dict)
+    denoise_fwhm_mm: float = concentration.DENOISE_FWHM_MM
+    core_rcbf: float = lesions.CORE_RCBF_THRESHOLD
+    core_adc: float = lesions.CORE_ADC_THRESHOLD
+    tmax_thresholds: tuple = lesions.TMAX_THRESHOLDS_S
+    min_cluster_ml: float = lesions.MIN_CLUSTER_ML
+    vessel_cbv: float = lesions.VESSEL_CBV_ML_100G
+
+    def validate(self) -> "Parameters":
+        """Check ranges a user could get wrong; raise :class:`ConfigError` with the reason."""
+        if self.frame_interval is not None and not self.frame_interval > 0:
+            raise ConfigError(f"--frame-interval must be > 0 s, got {self.frame_interval}")
+        if not 0 < self.core_rcbf < 1:
+            raise ConfigError(f"core_rcbf must be between 0 and 1, got {self.core_rcbf}")
+        if not 400 <= self.core_adc <= 800:
+            raise ConfigError(f"core_adc must be 400-800 x 1e-6 mm^2/s, got {self.core_adc}")
+        thresholds = tuple(float(t) for t in self.tmax_thresholds)
+        if lesions.HYPOPERFUSION_TMAX_S not in thresholds or 10.0 not in thresholds:
+            raise ConfigError("tmax_thresholds must include 6 and 10 s (mismatch and HIR use them)")
+        self.tmax_thresholds = tuple(sorted(thresholds))
+        if self.min_cluster_ml < 0 or self.denoise_fwhm_mm < 0 or self.vessel_cbv <= 0:
+            raise ConfigError("min_cluster_ml and denoise_fwhm_mm must be >= 0, vessel_cbv > 0")
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tmax_thresholds"] = list(d["tmax_thresholds"])
+        return d
+
+
+def load_parameters(config_file: str | Path | None = None, **overrides) -> Parameters:
+    """Defaults, updated from ``config_file`` (TOML) and then from non-None ``overrides``."""
+    values: dict = {}
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise MissingInputError(path, "config file not found")
+        try:
+            values.update(tomllib.loads(path.read_text()))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        known = {f.name for f in fields(Parameters)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Parameters(**values).validate()

@@ -1,0 +1,182 @@
+"""pydra tasks of the CT perfusion path: file paths in, stage functions, file paths out.
+
+Each task is a module-level function wrapped with ``python.define`` (module-level functions pickle by
+reference, which keeps pydra's input hashes stable under the ``cf`` and ``slurm`` workers).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from fileformats.generic import File
+from pydra.compose import python
+from scipy import ndimage
+
+from strokeperf import aif as aif_stage
+from strokeperf import brainmask, concentration, deconvolution, lesions, profiles
+from strokeperf.errors import DataError, InputError
+from strokeperf.inputs import Session, load_perfusion
+from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array, voxel_size
+
+#: Margin around the brain searched for the venous sinus and large arteries, mm: the superior
+#: sagittal sinus lies between the brain surface and the inner table of the skull.
+VESSEL_SEARCH_MARGIN_MM = 6.0
+
+
+def _source(session: dict) -> str:
+    return session["perfusion_file"]
+
+
+@records_failure
+def load_ctp(session: dict, frame_interval: float | None = None) -> tuple[File, list]:
+    """Read and validate the CTP series; write it as float32 HU with its frame onsets (s)."""
+    series = load_perfusion(Session.from_dict(session), frame_interval=frame_interval)
+    path = save_array("ctp_hu.nii", series.data, series.affine)
+    return path, [float(t) for t in series.frame_times]
+
+
+@records_failure
+def ct_masks(session: dict, ctp_file: File, frame_times: list) -> tuple[File, File, File, dict]:
+    """Brain, CSF and vessel-search masks, and the bolus timing of the whole-brain curve."""
+    hu, affine = load_array(ctp_file)
+    vs = voxel_size(affine)
+    times = np.asarray(frame_times, dtype=float)
+    try:
+        # The temporal median is unenhanced nearly everywhere: arteries enhance in a few frames only.
+        brain = brainmask.ct_brain_mask(np.median(hu, axis=3), vs)
+        bolus = concentration.require_bolus(hu[brain].mean(axis=0), times)
+    except DataError as exc:
+        raise InputError(_source(session), str(exc)) from exc
+    baseline = hu[..., : bolus.baseline_end].mean(axis=3)
+    csf = brainmask.ct_csf_mask(baseline, brain, vs)
+    bone = baseline > brainmask.BONE_HU
+    margin = brainmask._ball(VESSEL_SEARCH_MARGIN_MM, vs)
+    search = ndimage.binary_dilation(brain, structure=margin) & ~bone
+    return (
+        save_array("brain_mask.nii", brain, affine, np.uint8),
+        save_array("csf_mask.nii", csf, affine, np.uint8),
+        save_array("vessel_search_mask.nii", search, affine, np.uint8),
+        {"baseline_end": int(bolus.baseline_end), "arrival_s": float(bolus.arrival_s),
+         "peak_s": float(bolus.peak_s)},
+    )
+
+
+@records_failure
+def ct_concentration(session: dict, ctp_file: File, frame_times: list, bolus: dict,
+                     vessel_search_mask: File, brain_mask: File,
+                     denoise_fwhm_mm: float) -> tuple[File, File]:
+    """Contrast concentration (delta-HU): raw in the vessel search region, denoised in the brain."""
+    hu, affine = load_array(ctp_file)
+    search = load_mask(vessel_search_mask)
+    brain = load_mask(brain_mask)
+    delta_hu = concentration.ct_concentration(hu, frame_times, bolus["baseline_end"], mask=search)
+    del hu
+    raw = save_array("delta_hu.nii", np.where(search[..., None], delta_hu, 0), affine)
+    tissue = concentration.denoise(delta_hu, brain, voxel_size(affine), fwhm_mm=denoise_fwhm_mm)
+    return raw, save_array("delta_hu_denoised.nii", tissue, affine)
+
+
+@records_failure
+def input_functions(session: dict, concentration_file: File, frame_times: list,
+                    vessel_search_mask: File, brain_mask: File) -> tuple[File, File, File]:
+    """Automatic AIF and VOF; the AIF is scaled to the VOF's area to undo partial volume."""
+    conc, affine = load_array(concentration_file)
+    search = load_mask(vessel_search_mask)
+    times = np.asarray(frame_times, dtype=float)
+    try:
+        aif = aif_stage.select_aif(conc, times, search)
+    except DataError as exc:
+        raise InputError(_source(session), str(exc)) from exc
+    vof = aif_stage.select_vof(conc, times, search, aif)
+    scaled, factor = aif.curve, 1.0
+    if vof is not None:
+        scaled, factor = aif_stage.scale_aif_by_vof(aif, vof)
+    record = {
+        "frame_times_s": times.tolist(),
+        "aif": np.asarray(aif.curve).tolist(),
+        "aif_scaled": np.asarray(scaled).tolist(),
+        "vof": None if vof is None else np.asarray(vof.curve).tolist(),
+        "partial_volume_factor": float(factor),
+        "aif_quality": float(aif.quality),
+        "aif_peak": float(aif.peak), "aif_arrival_s": float(aif.arrival_s),
+        "aif_ttp_s": float(aif.ttp_s), "aif_fwhm_s": float(aif.fwhm_s),
+        "aif_voxels": np.asarray(aif.voxels).tolist(),
+        "vof_voxels": None if vof is None else np.asarray(vof.voxels).tolist(),
+        "vof_complete": None if vof is None else bool(vof.complete),
+    }
+    aif_path = Path.cwd() / "input_functions.json"
+    aif_path.write_text(json.dumps(record, indent=1))
+    shape = conc.shape[:3]
+    del conc
+    aif_mask = np.zeros(shape, dtype=np.uint8)
+    aif_mask[tuple(np.asarray(aif.voxels).T)] = 1
+    vof_mask = np.zeros(shape, dtype=np.uint8)
+    if vof is not None:
+        vof_mask[tuple(np.asarray(vof.voxels).T)] = 1
+    return (aif_path, save_array("aif_mask.nii", aif_mask, affine, np.uint8),
+            save_array("vof_mask.nii", vof_mask, affine, np.uint8))
+
+
+@records_failure
+def deconvolve(session: dict, concentration_file: File, brain_mask: File, input_functions_file: File,
+               frame_times: list, method: str, options: dict) -> list[File]:
+    """Perfusion maps (CBF, CBV, MTT, Tmax, TTP) by deconvolution with the scaled AIF."""
+    conc, affine = load_array(concentration_file)
+    brain = load_mask(brain_mask)
+    record = json.loads(Path(input_functions_file).read_text())
+    maps = deconvolution.perfusion_maps(conc, brain, np.asarray(record["aif_scaled"]),
+                                        np.asarray(frame_times, dtype=float), method=method,
+                                        **options)
+    return [save_array(f"{name}.nii", maps[name], affine) for name in ("cbf", "cbv", "mtt", "tmax",
+                                                                         "ttp")]
+
+
+@records_failure
+def ctp_lesions(session: dict, perfusion_maps: list[File], brain_mask: File, csf_mask: File,
+                core_rcbf: float, tmax_thresholds: list, min_cluster_ml: float, vessel_cbv: float,
+                age: float | None = None, nihss: float | None = None) -> tuple[list[File], dict]:
+    """Relative maps, tissue, core and Tmax masks, volumes (mL), mismatch metrics and profiles."""
+    maps = {Path(p).name.split(".")[0]: p for p in perfusion_maps}
+    cbf, affine = load_array(maps["cbf"])
+    cbv, _ = load_array(maps["cbv"])
+    tmax, _ = load_array(maps["tmax"])
+    brain, csf = load_mask(brain_mask), load_mask(csf_mask)
+    vs = voxel_size(affine)
+    tissue = lesions.tissue_mask(brain, csf, cbv, vessel_cbv=vessel_cbv)
+    reference = lesions.reference_mask(tissue, tmax)
+    try:
+        rcbf = lesions.relative_map(cbf, reference)
+        rcbv = lesions.relative_map(cbv, reference)
+    except ValueError as exc:
+        raise InputError(_source(session), f"cannot normalise perfusion maps: {exc}") from exc
+    tmax_masks = lesions.tmax_lesions(tmax, tissue, vs, tmax_thresholds, min_cluster_ml)
+    hypoperfused = tmax_masks[lesions.HYPOPERFUSION_TMAX_S]
+    core = lesions.ctp_core(rcbf, hypoperfused, vs, core_rcbf, min_cluster_ml)
+    volumes = {f"tmax{thr:g}_ml": lesions.volume_ml(m, vs) for thr, m in tmax_masks.items()}
+    results = {
+        "core_ml": lesions.volume_ml(core, vs),
+        "core_definition": f"rCBF<{core_rcbf:.2f}",
+        **volumes,
+    }
+    results.update(profiles.mismatch_metrics(results["core_ml"], results["tmax6_ml"],
+                                             results["tmax10_ml"]))
+    results["cbv_index"] = lesions.cbv_index(rcbv, hypoperfused)
+    results.update(profiles.evaluate_profiles(results["core_ml"], results["tmax6_ml"],
+                                              results["tmax10_ml"], age=age, nihss=nihss))
+    results["affected_side"] = lesions.affected_side(hypoperfused, brain, affine)
+    files = [save_array("rcbf.nii", rcbf, affine), save_array("rcbv.nii", rcbv, affine),
+             save_array("tissue_mask.nii", tissue, affine, np.uint8),
+             save_array("core_mask.nii", core, affine, np.uint8)]
+    files += [save_array(f"tmax{thr:g}_mask.nii", m, affine, np.uint8)
+              for thr, m in tmax_masks.items()]
+    return files, results
+
+
+LoadCTP = python.define(load_ctp, outputs=["ctp_file", "frame_times"])
+CTMasks = python.define(ct_masks, outputs=["brain_mask", "csf_mask", "vessel_search_mask", "bolus"])
+CTConcentration = python.define(ct_concentration, outputs=["concentration", "tissue_concentration"])
+InputFunctions = python.define(input_functions, outputs=["input_functions", "aif_mask", "vof_mask"])
+Deconvolve = python.define(deconvolve, outputs=["perfusion_maps"])
+CTPLesions = python.define(ctp_lesions, outputs=["lesion_maps", "results"])
