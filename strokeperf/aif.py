@@ -1,0 +1,336 @@
+"""Automatic arterial input function (AIF) and venous output function (VOF) selection.
+
+Array in, array out: ``conc`` is a 4D concentration series ``(X, Y, Z, T)`` (baseline 0, e.g. the
+denoised delta-HU), frame times in seconds, masks boolean ``(X, Y, Z)``. Voxel indices returned are
+``(K, 3)`` integer array indices into the first three axes.
+
+AIF (after Rempp et al. 1994, Radiology 193:637; Mouridsen et al. 2006, Magn Reson Med 55:524;
+Peruzzo et al. 2011, Comput Methods Programs Biomed 104:e148): an artery enhances much more than
+tissue, arrives early, peaks before the tissue and is narrow. Candidates must
+
+1. peak at least ``AIF_MIN_PEAK_RATIO`` times higher than the mean tissue curve;
+2. reach their maximum before the mean tissue curve does (veins, including the sagittal sinus,
+   peak after it; this is what keeps the sinus out even when it enhances more than arteries
+   blurred by partial volume);
+3. not dip below baseline by more than ``MAX_NEGATIVE_DIP`` of their peak, and be among the
+   ``ROUGHNESS_QUANTILE`` smoothest curves (Mouridsen's irregularity index);
+4. have an early first moment (the earlier half of the survivors, Mouridsen's choice of the
+   cluster with the lowest first moment).
+
+The fraction filters 3 and 4 never leave fewer than ``n_voxels`` candidates.
+
+The ``n_voxels`` survivors with the highest peak per width (steep, narrow boluses) are averaged.
+
+VOF: the candidates peaking after the tissue with the largest area (the superior sagittal sinus is
+wide enough to be free of partial volume); ``n_voxels`` of them are averaged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, special
+
+from strokeperf import kinetics
+from strokeperf.concentration import _smooth3, check_frame_times, detect_bolus
+from strokeperf.errors import DataError
+
+#: Voxels averaged into the AIF. Mouridsen et al. 2006 average their final cluster of a few to
+#: ten voxels; more voxels lower the noise, fewer keep partial volume low.
+AIF_N_VOXELS = 8
+#: Voxels averaged into the VOF (a sinus cross-section holds tens of voxels at 2 mm).
+VOF_N_VOXELS = 8
+#: An AIF candidate peaks at least this many times higher than the mean tissue curve. Arterial
+#: blood holds 100 % blood against about 4 % in grey matter (Leenders et al. 1990, Brain 113:27),
+#: so even a voxel a quarter filled by an artery passes; tissue voxels do not.
+AIF_MIN_PEAK_RATIO = 3.0
+#: Likewise for the VOF candidates (the sinus is a pure blood voxel).
+VOF_MIN_PEAK_RATIO = 3.0
+#: Largest dip below baseline, as a fraction of the peak, of a usable curve (noise, motion or beam
+#: hardening artefacts make larger negative excursions).
+MAX_NEGATIVE_DIP = 0.25
+#: Fraction of the roughest candidates removed (Mouridsen et al. 2006 remove the 25 % with the
+#: highest irregularity index).
+ROUGHNESS_QUANTILE = 0.75
+#: After the peak, the first pass is taken to end where the curve falls below this fraction of
+#: its peak; recirculation follows (Rempp et al. 1994 fit the first pass above about 30-40 %).
+FIRST_PASS_CUTOFF = 0.3
+#: A curve is complete when it falls below this fraction of its peak before the scan ends (the
+#: downslope's half maximum is observed, so the first-pass area can be measured or extrapolated).
+COMPLETE_FRACTION = 0.5
+#: A first-pass gamma-variate fit with R^2 below this is not trusted for areas (the trapezoid
+#: area of the measured curve is used instead).
+MIN_FIT_R2 = 0.9
+#: Voxels per chunk when computing candidate features.
+FEATURE_CHUNK = 65536
+
+
+@dataclass
+class InputFunction:
+    """An averaged arterial input (or venous output) function.
+
+    Attributes
+    ----------
+    curve : ndarray (T,)
+        Mean concentration curve of the selected voxels.
+    times : ndarray (T,)
+        Frame times, s.
+    voxels : ndarray (K, 3) of int
+        Array indices of the selected voxels.
+    peak : float
+        Maximum of ``curve`` (concentration units).
+    arrival_s, ttp_s, fwhm_s : float
+        Bolus arrival (:func:`strokeperf.concentration.detect_bolus`), time to peak and full width at
+        half maximum of ``curve`` in s (scan clock; ``fwhm_s`` NaN when the downslope never falls
+        below half the peak).
+    quality : float
+        0-1: R^2 of a gamma-variate fit to the first pass (frames up to where the curve falls
+        below ``FIRST_PASS_CUTOFF`` of its peak; Madsen 1992, Phys Med Biol 37:1597). 1 is a clean
+        single bolus; noise, truncation or a double peak lower it. 0 when the fit fails.
+    complete : bool
+        The curve falls below ``COMPLETE_FRACTION`` of its peak before the scan ends.
+    first_pass_area : float
+        Area (concentration x s) of the fitted first-pass gamma variate integrated to infinity
+        (free of recirculation and truncation); the trapezoid area of ``curve`` when the fit has
+        R^2 < ``MIN_FIT_R2``.
+    """
+
+    curve: np.ndarray
+    times: np.ndarray
+    voxels: np.ndarray
+    peak: float
+    arrival_s: float
+    ttp_s: float
+    fwhm_s: float
+    quality: float
+    complete: bool
+    first_pass_area: float = np.nan
+
+
+def _features(curves: np.ndarray, t: np.ndarray):
+    """Per-curve features of (n, T) curves: peak, ttp, first moment, width, roughness, dip, area."""
+    c = curves.astype(np.float64)
+    dt_frame = np.gradient(t)  # frame durations (s), irregular sampling allowed
+    k = np.argmax(c, axis=1)
+    peak = c[np.arange(c.shape[0]), k]
+    ttp = t[k]
+    pos = np.clip(c, 0, None)
+    area = pos @ dt_frame
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m1 = (pos * t) @ dt_frame / area
+        # Time above half maximum: a width that needs no crossing search and ignores noise spikes.
+        width = (c >= 0.5 * peak[:, None]) @ dt_frame
+        d2 = np.diff(c, n=2, axis=1)
+        rough = np.sum(d2 * d2, axis=1) / (peak * peak)  # Mouridsen's irregularity, scale-free
+        dip = -np.min(c, axis=1) / peak
+    return peak, ttp, m1, width, rough, dip, area
+
+
+def _keep_lowest(values, ok, fraction, minimum):
+    """Restrict ``ok`` to its ``fraction`` lowest ``values``, but never below ``minimum`` voxels."""
+    idx = np.flatnonzero(ok)
+    n_keep = min(idx.size, max(int(np.ceil(fraction * idx.size)), minimum))
+    keep = np.zeros_like(ok)
+    keep[idx[np.argsort(values[idx], kind="stable")[:n_keep]]] = True
+    return keep
+
+
+def _brain_curve(flat: np.ndarray, index: np.ndarray) -> np.ndarray:
+    total = np.zeros(flat.shape[1])
+    for start in range(0, index.size, FEATURE_CHUNK):
+        total += flat[index[start:start + FEATURE_CHUNK]].sum(axis=0, dtype=np.float64)
+    return total / max(index.size, 1)
+
+
+def _all_features(flat: np.ndarray, index: np.ndarray, t: np.ndarray):
+    parts = [_features(flat[index[s:s + FEATURE_CHUNK]], t)
+             for s in range(0, index.size, FEATURE_CHUNK)]
+    return [np.concatenate(p) for p in zip(*parts)]
+
+
+def _gamma_area(peak, alpha, beta):
+    """Area of ``kinetics.gamma_variate`` with the given peak: peak beta e^a a^-a Gamma(a+1)."""
+    return float(peak * beta * np.exp(alpha - alpha * np.log(alpha) + special.gammaln(alpha + 1)))
+
+
+def fit_first_pass(curve, times):
+    """Fit ``kinetics.gamma_variate`` to the first pass of a bolus curve (Madsen 1992).
+
+    The first pass runs from the start to where the curve, after its peak, falls below
+    ``FIRST_PASS_CUTOFF`` of the peak. Returns ``(params, r2)`` with ``params = (arrival, alpha,
+    beta, peak)`` (s, -, s, concentration) or ``(None, 0.0)`` when the fit fails.
+    """
+    y = np.asarray(curve, dtype=float)
+    t = np.asarray(times, dtype=float)
+    k = int(np.argmax(y))
+    peak = y[k]
+    if peak <= 0 or k == 0:
+        return None, 0.0
+    after = np.flatnonzero(y[k:] < FIRST_PASS_CUTOFF * peak)
+    end = k + (int(after[0]) + 1 if after.size else y.size - k)
+    tt, yy = t[:end], y[:end]
+    timing = detect_bolus(y, t)
+    arrival0 = timing.arrival_s if np.isfinite(timing.arrival_s) else t[max(k - 3, 0)]
+    arrival0 = min(arrival0 - 0.5 * (t[k] - arrival0), t[k] - 0.5)
+    rise = max(t[k] - arrival0, 0.5)
+    alpha0 = 3.0
+    p0 = (arrival0, alpha0, rise / alpha0, peak)
+    lower = (t[0] - rise - 10.0, 0.1, 0.05, 0.2 * peak)
+    upper = (t[k], 50.0, 60.0, 3.0 * peak)
+    try:
+        params, _ = optimize.curve_fit(kinetics.gamma_variate, tt, yy, p0=p0,
+                                       bounds=(lower, upper), maxfev=2000)
+    except (RuntimeError, ValueError):
+        return None, 0.0
+    resid = yy - kinetics.gamma_variate(tt, *params)
+    ss_tot = np.sum((yy - yy.mean()) ** 2)
+    r2 = 1.0 - np.sum(resid ** 2) / ss_tot if ss_tot > 0 else 0.0
+    return tuple(float(p) for p in params), float(np.clip(r2, 0.0, 1.0))
+
+
+def _fwhm(curve, t) -> float:
+    """Full width at half maximum (s) by linear interpolation of the two half-peak crossings."""
+    k = int(np.argmax(curve))
+    half = 0.5 * curve[k]
+    before = np.flatnonzero(curve[:k] < half)
+    after = np.flatnonzero(curve[k:] < half)
+    if before.size == 0 or after.size == 0:
+        return np.nan
+    i = int(before[-1])
+    j = k + int(after[0])
+    t_up = t[i] + (half - curve[i]) / (curve[i + 1] - curve[i]) * (t[i + 1] - t[i])
+    t_down = t[j - 1] + (curve[j - 1] - half) / (curve[j - 1] - curve[j]) * (t[j] - t[j - 1])
+    return float(t_down - t_up)
+
+
+def _input_function(flat, index, shape, t) -> InputFunction:
+    curve = flat[index].astype(np.float64).mean(axis=0)
+    voxels = np.column_stack(np.unravel_index(index, shape)).astype(int)
+    k = int(np.argmax(curve))
+    peak = float(curve[k])
+    smooth = _smooth3(curve)
+    complete = bool(np.any(smooth[k:] < COMPLETE_FRACTION * peak))
+    params, r2 = fit_first_pass(curve, t)
+    if params is not None and r2 >= MIN_FIT_R2:
+        area = _gamma_area(params[3], params[1], params[2])
+    else:
+        area = float(np.trapezoid(np.clip(curve, 0, None), t))
+    timing = detect_bolus(curve, t)
+    return InputFunction(
+        curve=curve, times=t.copy(), voxels=voxels, peak=peak, arrival_s=float(timing.arrival_s),
+        ttp_s=float(t[k]), fwhm_s=_fwhm(curve, t), quality=r2, complete=complete,
+        first_pass_area=area,
+    )
+
+
+def _candidates(conc, frame_times, candidate_mask, exclude_mask):
+    conc = np.asarray(conc)
+    mask = np.asarray(candidate_mask, dtype=bool)
+    if conc.ndim != 4 or conc.shape[:3] != mask.shape:
+        raise DataError(f"input-function selection needs a 4D series and a matching 3D mask, got "
+                        f"{conc.shape} and {mask.shape}")
+    t = check_frame_times(frame_times, conc.shape[-1])
+    if exclude_mask is not None:
+        mask = mask & ~np.asarray(exclude_mask, dtype=bool)
+    flat = conc.reshape(-1, conc.shape[-1])
+    index = np.flatnonzero(mask)
+    return flat, index, t
+
+
+def select_aif(conc, frame_times, candidate_mask, n_voxels: int = AIF_N_VOXELS,
+               exclude_mask=None) -> InputFunction:
+    """Select and average arterial voxels (see the module docstring for the criteria).
+
+    Parameters
+    ----------
+    conc : ndarray (X, Y, Z, T)
+        Concentration, baseline 0 (denoised delta-HU or delta-R2*).
+    frame_times : array_like (T,)
+        Seconds.
+    candidate_mask : ndarray of bool (X, Y, Z)
+        Where to search (typically the brain); its mean curve is the tissue reference.
+    n_voxels : int
+        Voxels averaged.
+    exclude_mask : ndarray of bool (X, Y, Z), optional
+        Voxels never chosen (e.g. the hypoperfused hemisphere, bone edges).
+
+    Raises
+    ------
+    DataError
+        When no voxel passes the arterial criteria.
+    """
+    flat, index, t = _candidates(conc, frame_times, candidate_mask, exclude_mask)
+    if index.size == 0:
+        raise DataError("no usable arterial input function: the search mask is empty")
+    tissue = _brain_curve(flat, index)
+    tissue_peak = float(np.max(tissue))
+    tissue_ttp = float(t[np.argmax(_smooth3(tissue))])
+    if not tissue_peak > 0:
+        raise DataError("no usable arterial input function: the brain does not enhance")
+    peak, ttp, m1, width, rough, dip, _ = _all_features(flat, index, t)
+    ok = (peak >= AIF_MIN_PEAK_RATIO * tissue_peak) & (ttp < tissue_ttp) & (dip <= MAX_NEGATIVE_DIP)
+    ok &= np.isfinite(m1) & (width > 0)
+    if not ok.any():
+        raise DataError(
+            f"no usable arterial input function: no voxel enhances {AIF_MIN_PEAK_RATIO:g}x more "
+            f"than the brain mean and peaks before it (brain peak at {tissue_ttp:.1f} s)"
+        )
+    ok = _keep_lowest(rough, ok, ROUGHNESS_QUANTILE, n_voxels)
+    ok = _keep_lowest(m1, ok, 0.5, n_voxels)
+    survivors = np.flatnonzero(ok)
+    score = peak[survivors] / width[survivors]
+    best = survivors[np.argsort(-score, kind="stable")[:n_voxels]]
+    return _input_function(flat, index[np.sort(best)], np.asarray(conc).shape[:3], t)
+
+
+def select_vof(conc, frame_times, candidate_mask, aif: InputFunction,
+               n_voxels: int = VOF_N_VOXELS, exclude_mask=None) -> InputFunction | None:
+    """Select and average venous voxels (typically the superior sagittal sinus).
+
+    Candidates peak after both the AIF and the mean tissue curve, enhance at least
+    ``VOF_MIN_PEAK_RATIO`` times more than the tissue, are not too rough or negative; the
+    ``n_voxels`` with the largest area are averaged. Returns None when no voxel qualifies.
+    """
+    flat, index, t = _candidates(conc, frame_times, candidate_mask, exclude_mask)
+    if index.size == 0:
+        return None
+    tissue = _brain_curve(flat, index)
+    tissue_peak = float(np.max(tissue))
+    tissue_ttp = float(t[np.argmax(_smooth3(tissue))])
+    peak, ttp, m1, width, rough, dip, area = _all_features(flat, index, t)
+    ok = (peak >= VOF_MIN_PEAK_RATIO * tissue_peak) & (ttp > max(tissue_ttp, aif.ttp_s))
+    ok &= (dip <= MAX_NEGATIVE_DIP) & np.isfinite(area)
+    if not ok.any():
+        return None
+    ok = _keep_lowest(rough, ok, ROUGHNESS_QUANTILE, n_voxels)
+    survivors = np.flatnonzero(ok)
+    best = survivors[np.argsort(-area[survivors], kind="stable")[:n_voxels]]
+    return _input_function(flat, index[np.sort(best)], np.asarray(conc).shape[:3], t)
+
+
+def scale_aif_by_vof(aif: InputFunction, vof: InputFunction | None):
+    """Correct the AIF amplitude for partial volume by matching its area to the VOF's.
+
+    By mass conservation the first-pass areas of arterial input and venous output are equal; the
+    sinus is wide enough to be free of partial volume, the arteries are not, so the AIF is scaled
+    by ``area(VOF) / area(AIF)`` (Knutsson et al. 2010, Magn Reson Imaging 28:1; the same
+    venous normalisation is standard in CT perfusion, Konstas et al. 2009, AJNR 30:662). Areas are first-pass gamma-variate areas
+    (:attr:`InputFunction.first_pass_area`), which removes recirculation and the truncation of
+    the sinus curve by the scan end. The rule: scale only when the VOF is complete and its area
+    exceeds the AIF's (a smaller VOF area means the VOF itself is partial-volumed or truncated);
+    otherwise the factor is 1.
+
+    Returns
+    -------
+    scaled_curve : ndarray (T,)
+    factor : float
+    """
+    curve = np.asarray(aif.curve, dtype=float)
+    if vof is None or not vof.complete:
+        return curve.copy(), 1.0
+    a_aif, a_vof = float(aif.first_pass_area), float(vof.first_pass_area)
+    if not (np.isfinite(a_aif) and np.isfinite(a_vof) and a_aif > 0 and a_vof > a_aif):
+        return curve.copy(), 1.0
+    factor = a_vof / a_aif
+    return curve * factor, factor
