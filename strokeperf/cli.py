@@ -12,7 +12,8 @@ from pathlib import Path
 
 from strokeperf import __version__, inputs, io, report, tables
 from strokeperf.config import load_parameters
-from strokeperf.errors import EXIT_OK, EXIT_SESSION_FAILED, StrokeperfError
+from strokeperf.errors import (EXIT_OK, EXIT_SESSION_FAILED, InputError, MissingInputError,
+                               StrokeperfError)
 from strokeperf.interfaces.derivatives import volumes_path, write_dataset_description
 
 log = logging.getLogger("strokeperf")
@@ -83,6 +84,15 @@ def _session_record(session: inputs.Session, work_dir: Path, participants) -> di
     return record
 
 
+def _read_participants(bids_dir: Path):
+    """participants.tsv, if present. An unreadable one stops the run before any processing (exit
+    66): every session's clinical profile depends on it, so no session could be reported fully."""
+    try:
+        return inputs.read_participants(bids_dir)
+    except InputError as exc:
+        raise MissingInputError(exc.path, exc.problem) from exc
+
+
 def _submitter(args, work_dir: Path):
     from pydra.engine.submitter import Submitter
 
@@ -105,7 +115,7 @@ def run_participant(args) -> int:
         tmax_thresholds=args.tmax_thresholds, min_cluster_ml=args.min_cluster_ml,
         vessel_cbv=args.vessel_cbv)
     sessions = inputs.discover_sessions(bids_dir, args.participant_label, args.session_label)
-    participants = inputs.read_participants(bids_dir)
+    participants = _read_participants(bids_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     io.remove_partials(output_dir)
     write_dataset_description(output_dir)
@@ -163,9 +173,9 @@ def _print_summary(table, output_dir: Path, seconds: float) -> None:
 def run_group(args) -> int:
     output_dir = args.output_dir.resolve()
     if not output_dir.is_dir():
-        raise inputs.MissingInputError(output_dir, "output directory not found; run the "
+        raise MissingInputError(output_dir, "output directory not found; run the "
                                                    "participant level first")
-    participants = inputs.read_participants(args.bids_dir.resolve())
+    participants = _read_participants(args.bids_dir.resolve())
     table = _write_group_outputs(output_dir, participants)
     print(f"Group table of {len(table)} session(s): {output_dir / tables.GROUP_TABLE}")
     return EXIT_SESSION_FAILED if (table["status"] == "failed").any() else EXIT_OK

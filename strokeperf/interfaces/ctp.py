@@ -135,9 +135,13 @@ def deconvolve(session: dict, concentration_file: File, brain_mask: File, input_
 
 @records_failure
 def ctp_lesions(session: dict, perfusion_maps: list[File], brain_mask: File, csf_mask: File,
-                core_rcbf: float, tmax_thresholds: list, min_cluster_ml: float, vessel_cbv: float,
-                age: float | None = None, nihss: float | None = None) -> tuple[list[File], dict]:
-    """Relative maps, tissue, core and Tmax masks, volumes (mL), mismatch metrics and profiles."""
+                concentration_file: File, core_rcbf: float, tmax_thresholds: list,
+                min_cluster_ml: float, vessel_cbv: float, age: float | None = None,
+                nihss: float | None = None) -> tuple[list[File], dict]:
+    """Relative maps, tissue, core and Tmax masks, volumes (mL), mismatch metrics and profiles.
+
+    Also the mean concentration curves of normal (reference) and hypoperfused tissue, for the report.
+    """
     maps = {Path(p).name.split(".")[0]: p for p in perfusion_maps}
     cbf, affine = load_array(maps["cbf"])
     cbv, _ = load_array(maps["cbv"])
@@ -166,6 +170,13 @@ def ctp_lesions(session: dict, perfusion_maps: list[File], brain_mask: File, csf
     results.update(profiles.evaluate_profiles(results["core_ml"], results["tmax6_ml"],
                                               results["tmax10_ml"], age=age, nihss=nihss))
     results["affected_side"] = lesions.affected_side(hypoperfused, brain, affine)
+    conc, _ = load_array(concentration_file)
+    results["curves"] = {
+        "tissue_normal": conc[reference].mean(axis=0).tolist(),
+        "tissue_hypoperfused": conc[hypoperfused].mean(axis=0).tolist() if hypoperfused.any()
+        else None,
+    }
+    del conc
     files = [save_array("rcbf.nii", rcbf, affine), save_array("rcbv.nii", rcbv, affine),
              save_array("tissue_mask.nii", tissue, affine, np.uint8),
              save_array("core_mask.nii", core, affine, np.uint8)]

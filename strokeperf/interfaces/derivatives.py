@@ -123,9 +123,11 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
             dtype = np.uint8
         written[stem] = _write_image(Path(path), dst, dtype, sidecar)
     record = json.loads(Path(input_functions).read_text())
+    tissue = results.get("curves", {})
     curves = pd.DataFrame({"time": record["frame_times_s"], "aif": record["aif"],
-                           "aif_scaled": record["aif_scaled"],
-                           "vof": record["vof"] if record["vof"] is not None else "n/a"})
+                           "aif_scaled": record["aif_scaled"], "vof": record["vof"] or "n/a",
+                           "tissue_normal": tissue.get("tissue_normal") or "n/a",
+                           "tissue_hypoperfused": tissue.get("tissue_hypoperfused") or "n/a"})
     ts = out_dir / f"{prefix}_desc-{mod}_timeseries.tsv"
     io.write_text(ts, curves.to_csv(sep="\t", index=False, lineterminator="\n", float_format="%.4g"))
     io.write_json(ts.with_suffix(".json"), {
@@ -135,6 +137,8 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
         "aif_scaled": {"Description": "AIF scaled to the VOF area (partial-volume correction), "
                                       "used for deconvolution"},
         "vof": {"Description": "Venous output function"},
+        "tissue_normal": {"Description": "Mean concentration of reference tissue (Tmax < 4 s)"},
+        "tissue_hypoperfused": {"Description": "Mean concentration of tissue with Tmax > 6 s"},
         **{k: record[k] for k in ("partial_volume_factor", "aif_quality", "aif_arrival_s",
                                   "aif_ttp_s", "aif_fwhm_s", "vof_complete")},
         "Sources": sources,
@@ -150,9 +154,9 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
         "Sources": sources, "Parameters": parameters, "ProfileRules": profile_rules(),
         "AIFQuality": record["aif_quality"],
     })
-    report.write_participant_report(output_dir, session, row, parameters, written)
-    # The row goes last: its presence tells the command line that the session completed.
     tables.write_row(volumes, row)
+    # The report reads every modality's volumes row of this session from OUTPUT_DIR.
+    report.write_participant_report(output_dir, session, row, parameters, written)
     done = Path(session["done_file"])
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(run_id)

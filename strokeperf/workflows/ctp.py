@@ -45,6 +45,7 @@ def CTPSession(session: dict, output_dir: str, run_id: str, config: dict) -> Fil
                                    options=config.get("deconvolution_options", {})))
     lesion = workflow.add(CTPLesions(session=session, perfusion_maps=maps.perfusion_maps,
                                      brain_mask=masks.brain_mask, csf_mask=masks.csf_mask,
+                                     concentration_file=conc.tissue_concentration,
                                      core_rcbf=config["core_rcbf"],
                                      tmax_thresholds=list(config["tmax_thresholds"]),
                                      min_cluster_ml=config["min_cluster_ml"],
