@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent / "cluster"))
+from fixtures import slurm_cluster  # noqa: E402,F401  (a real one-node SLURM cluster, session scope)
 
 
 def make_phantom(out_dir: Path, participant: str, modalities=("ctp",), **options) -> Path:

@@ -91,7 +91,7 @@ def test_scaling_rule_refuses_incomplete_or_smaller_vof():
     vof.complete = False
     assert scale_aif_by_vof(aif, vof)[1] == 1.0
     vof.complete = True
-    vof.first_pass_area = 0.5 * aif.first_pass_area
+    vof.curve = 0.5 * np.asarray(aif.curve)  # a VOF with less area than the AIF is itself partial-volumed
     curve, factor = scale_aif_by_vof(aif, vof)
     assert factor == 1.0 and np.array_equal(curve, aif.curve)
     assert scale_aif_by_vof(aif, None)[1] == 1.0
