@@ -20,6 +20,8 @@ import nibabel as nib
 import numpy as np
 
 PARTIAL_SUFFIX = ".partial"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -36,6 +38,8 @@ def atomic_path(path: str | os.PathLike):
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp creates the file 0600; give the result the permissions of an ordinary new file.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
