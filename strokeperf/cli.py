@@ -18,7 +18,7 @@ from strokeperf.interfaces.derivatives import volumes_path, write_dataset_descri
 
 log = logging.getLogger("strokeperf")
 
-DECONVOLUTION_METHODS = ("bcsvd",)
+DECONVOLUTION_METHODS = ("parametric", "bcsvd", "csvd", "ssvd", "tikhonov")
 
 
 def build_parser() -> argparse.ArgumentParser:

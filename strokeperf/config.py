@@ -32,7 +32,7 @@ class Parameters:
     """Method parameters of one run (units in the names; defaults and sources in the stage modules)."""
 
     frame_interval: float | None = None
-    deconvolution: str = "bcsvd"
+    deconvolution: str = "parametric"
     deconvolution_options: dict = field(default_factory=dict)
     denoise_fwhm_mm: float = concentration.DENOISE_FWHM_MM
     core_rcbf: float = lesions.CORE_RCBF_THRESHOLD
