@@ -1,27 +1,30 @@
-"""Speed and memory of the perfusion core, and the Tmax accuracy figures quoted in the docs.
+"""Speed and memory of the perfusion core.
 
-Run: ``python benchmarks/speed.py [--voxels 1000000] [--skip-denoise] [--accuracy]``.
+Run: ``python benchmarks/speed.py [--voxels 1000000] [--skip-denoise] [--methods bcsvd ...]``.
 
-- Deconvolution: voxels per second for N voxels x 45 frames (fitted in chunks), wall time and the
-  peak of Python-allocated memory (tracemalloc), per method (oSVD, fixed-threshold cSVD).
+- Deconvolution: voxels per second for N voxels x 45 frames (CT-like curves with 2 HU noise,
+  float32), wall time and the peak of Python-allocated memory (tracemalloc, numpy buffers
+  included), per method of ``strokeperf.deconvolution.METHODS`` (and the GCV variant of Tikhonov),
+  BLAS limited to one thread as in ``perfusion_maps``, with 1 and 2 worker threads over chunks;
+  then the default method through ``perfusion_maps`` itself. ``parametric`` (when present) runs
+  on at most ``--parametric-voxels`` voxels.
 - ``denoise`` on a 120 x 144 x 30 x 45 series.
-- ``--accuracy``: Tmax / CBF error against analytic truth over delays 0-14 s, MTT 3-12 s,
-  dispersion 0-2.5 s, exponential to box residues and CT-like noise after smoothing, and the
-  resulting Tmax > 6 s volume ratio (estimated / true).
+
+Accuracy against analytic truth is benchmarks/accuracy.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 import tracemalloc
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from strokeperf import kinetics
 from strokeperf.concentration import denoise
-from strokeperf.deconvolution import BlockCirculantSVD
+from strokeperf.deconvolution import METHODS, perfusion_maps
 
 FINE_DT = 0.02
 
@@ -51,21 +54,36 @@ def measure(label, fn):
     return result, wall, peak / 2**20
 
 
-def bench_deconvolution(n_voxels: int):
+def bench_deconvolution(n_voxels: int, methods, parametric_voxels: int):
     t = np.arange(45.0)
     rng = np.random.default_rng(0)
     clean, _ = tissue_curve(t, 50.0, 4.0, 2.0, 3.0, 1.0)
     block = (clean[None] + rng.normal(0, 2.0, (100_000, t.size))).astype(np.float32)
     curves = np.tile(block, (int(np.ceil(n_voxels / block.shape[0])), 1))[:n_voxels]
     print(f"deconvolution: {n_voxels} voxels x {t.size} frames (float32 input "
-          f"{curves.nbytes / 2**20:.0f} MiB)")
-    for name, options in (("oSVD (OI 0.095)", {}), ("cSVD (threshold 0.1)", {"threshold": 0.1})):
-        model = BlockCirculantSVD(aif_curve(t), t, **options)
-        model.fit(curves[:4096])  # warm-up (BLAS threads)
-        fit, wall, peak_mib = measure(name, lambda: model.fit(curves))
-        print(f"  {name:22s} {n_voxels / wall:12,.0f} voxels/s  wall {wall:6.2f} s  "
-              f"peak traced memory {peak_mib:7.1f} MiB (incl. the fit's residue output "
-              f"{fit.residue.nbytes / 2**20:.0f} MiB)")
+          f"{curves.nbytes / 2**20:.0f} MiB), BLAS 1 thread")
+    variants = [(m, m, {}) for m in methods]
+    if "tikhonov" in methods:
+        variants.insert(methods.index("tikhonov") + 1, ("tikhonov (GCV)", "tikhonov",
+                                                         {"criterion": "gcv"}))
+    with threadpool_limits(limits=1, user_api="blas"):
+        for label, name, options in variants:
+            model = METHODS[name](aif_curve(t), t, **options)
+            data = curves[:parametric_voxels] if name == "parametric" else curves
+            model.fit(data[:4096])  # warm-up
+            for workers in (1, 2):
+                kwargs = {} if name == "parametric" else {"workers": workers}
+                if name == "parametric" and workers > 1:
+                    continue
+                _, wall, peak_mib = measure(label, lambda: model.fit(data, **kwargs))
+                print(f"  {label:16s} workers {workers}: {data.shape[0] / wall:12,.0f} voxels/s  "
+                      f"wall {wall:6.2f} s  peak traced memory {peak_mib:7.1f} MiB")
+    conc = curves.reshape(-1, 1, 1, t.size)
+    mask = np.ones(conc.shape[:3], dtype=bool)
+    _, wall, peak_mib = measure("maps", lambda: perfusion_maps(conc, mask, aif_curve(t), t))
+    print(f"  perfusion_maps (bcsvd): {n_voxels / wall:12,.0f} voxels/s  wall {wall:6.2f} s  "
+          f"peak traced memory {peak_mib:7.1f} MiB (incl. the 5 output maps "
+          f"{5 * 4 * n_voxels / 2**20:.0f} MiB)")
 
 
 def bench_denoise():
@@ -80,48 +98,16 @@ def bench_denoise():
           f"{out[mask].std():.2f} HU")
 
 
-def accuracy(sigma: float = 2.0, repeats: int = 50):
-    t = np.arange(45.0)
-    rng = np.random.default_rng(2)
-    rows, curves, truth = [], [], []
-    for delay, mtt, disp, shape in itertools.product(
-        [0, 2, 4, 5, 6, 7, 8, 10, 12, 14], [3, 5, 8, 12], [0.0, 1.0, 2.5], [1.0, 3.0, np.inf]
-    ):
-        cbf = 40.0 if mtt < 8 else 20.0
-        c, tm = tissue_curve(t, cbf, mtt, delay + rng.uniform(0, 1), shape, disp)
-        rows.append((cbf, disp, shape))
-        curves.append(c)
-        truth.append(tm)
-    rows, truth = np.array(rows), np.array(truth)
-    noisy = np.repeat(np.array(curves), repeats, 0)
-    noisy += rng.normal(0.0, sigma, noisy.shape)
-    print(f"accuracy: {len(truth)} settings x {repeats} noise realisations, sigma {sigma} HU "
-          "(tissue peak 5-20 HU), 45 frames at 1 s")
-    for name, options in (("oSVD OI 0.095", {}), ("cSVD 0.1", {"threshold": 0.1}),
-                          ("cSVD 0.2", {"threshold": 0.2})):
-        fit = BlockCirculantSVD(aif_curve(t), t, **options).fit(noisy)
-        tmax = np.clip(fit.tmax, 0, None).reshape(-1, repeats)
-        err = tmax - truth[:, None]
-        cbf_ratio = fit.cbf.reshape(-1, repeats) / rows[:, :1]
-        est6, true6 = tmax > 6, np.broadcast_to(truth[:, None] > 6, tmax.shape)
-        by_disp = " ".join(f"{np.median(err[rows[:, 1] == d]):+.2f}" for d in (0.0, 1.0, 2.5))
-        print(f"  {name:14s} Tmax error median {np.median(err):+.2f} s, MAE {np.mean(np.abs(err)):.2f} s"
-              f" (by dispersion 0/1/2.5 s: {by_disp}); Tmax>6 volume ratio "
-              f"{est6.sum() / true6.sum():.3f}; CBF/true median {np.median(cbf_ratio):.2f}")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--voxels", type=int, default=1_000_000)
+    parser.add_argument("--parametric-voxels", type=int, default=100_000)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--skip-denoise", action="store_true")
-    parser.add_argument("--accuracy", action="store_true")
     args = parser.parse_args()
-    bench_deconvolution(args.voxels)
+    bench_deconvolution(args.voxels, args.methods, args.parametric_voxels)
     if not args.skip_denoise:
         bench_denoise()
-    if args.accuracy:
-        for sigma in (0.0, 2.0, 4.0):
-            accuracy(sigma)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ class InputError(StrokeperfError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):
+        # Errors cross process boundaries (pydra's cf and slurm workers pickle them).
+        return (type(self), (self.path, self.problem))
+
 
 class DataError(StrokeperfError):
     """The data of an input cannot be analysed (e.g. the bolus was not captured).
