@@ -15,7 +15,7 @@ from pydra.compose import python
 from scipy import ndimage
 
 from strokeperf import aif as aif_stage
-from strokeperf import brainmask, concentration, deconvolution, lesions, profiles
+from strokeperf import brainmask, concentration, deconvolution, lesions, profiles, qc
 from strokeperf.errors import DataError, InputError
 from strokeperf.inputs import Session, load_perfusion
 from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array, voxel_size
@@ -135,12 +135,14 @@ def deconvolve(session: dict, concentration_file: File, brain_mask: File, input_
 
 @records_failure
 def ctp_lesions(session: dict, perfusion_maps: list[File], brain_mask: File, csf_mask: File,
-                concentration_file: File, core_rcbf: float, tmax_thresholds: list,
+                concentration_file: File, input_functions_file: File, frame_times: list,
+                core_rcbf: float, tmax_thresholds: list,
                 min_cluster_ml: float, vessel_cbv: float, age: float | None = None,
                 nihss: float | None = None) -> tuple[list[File], dict]:
     """Relative maps, tissue, core and Tmax masks, volumes (mL), mismatch metrics and profiles.
 
-    Also the mean concentration curves of normal (reference) and hypoperfused tissue, for the report.
+    Also the mean concentration curves of normal (reference) and hypoperfused tissue, for the report,
+    and the session's QC flags (:mod:`strokeperf.qc`).
     """
     maps = {Path(p).name.split(".")[0]: p for p in perfusion_maps}
     cbf, affine = load_array(maps["cbf"])
@@ -176,6 +178,14 @@ def ctp_lesions(session: dict, perfusion_maps: list[File], brain_mask: File, csf
         "tissue_hypoperfused": conc[hypoperfused].mean(axis=0).tolist() if hypoperfused.any()
         else None,
     }
+    results["qc_flags"] = qc.compute_qc_flags(
+        frame_times=np.asarray(frame_times, dtype=float),
+        tissue_curve=np.asarray(results["curves"]["tissue_normal"]),
+        input_functions=json.loads(Path(input_functions_file).read_text()),
+        brain_mask=brain, hypoperfused_mask=hypoperfused, affine=affine,
+        hypoperfused_curve=(None if results["curves"]["tissue_hypoperfused"] is None
+                            else np.asarray(results["curves"]["tissue_hypoperfused"])),
+        noise_sd=qc.voxel_noise_sd(conc, tissue))
     del conc
     files = [save_array("rcbf.nii", rcbf, affine), save_array("rcbv.nii", rcbv, affine),
              save_array("tissue_mask.nii", tissue, affine, np.uint8),

@@ -46,6 +46,8 @@ def CTPSession(session: dict, output_dir: str, run_id: str, config: dict) -> Fil
     lesion = workflow.add(CTPLesions(session=session, perfusion_maps=maps.perfusion_maps,
                                      brain_mask=masks.brain_mask, csf_mask=masks.csf_mask,
                                      concentration_file=conc.tissue_concentration,
+                                     input_functions_file=inputs.input_functions,
+                                     frame_times=load.frame_times,
                                      core_rcbf=config["core_rcbf"],
                                      tmax_thresholds=list(config["tmax_thresholds"]),
                                      min_cluster_ml=config["min_cluster_ml"],
