@@ -137,8 +137,14 @@ def run_participant(args) -> int:
         if Path(r["done_file"]).exists() and Path(r["done_file"]).read_text() == run_id:
             continue
         failure = Path(r["failure_file"])
-        message = (json.loads(failure.read_text())["message"] if failure.exists() else
-                   f"{r['perfusion_file']}: processing did not complete; details in {work_dir}")
+        if r["modality"] != "ctp":
+            # The DSC-MRI workflow is not wired yet: say so instead of failing silently.
+            message = (f"{r['perfusion_file']}: DSC-MRI processing is not available in strokeperf "
+                       f"{__version__} (CT perfusion only)")
+        elif failure.exists():
+            message = json.loads(failure.read_text())["message"]
+        else:
+            message = f"{r['perfusion_file']}: processing did not complete; details in {work_dir}"
         tables.write_row(volumes_path(output_dir, r), tables.failed_row(
             f"sub-{r['subject']}", f"ses-{r['session']}" if r["session"] else None,
             r["modality"], message))

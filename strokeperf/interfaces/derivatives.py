@@ -23,7 +23,7 @@ import pandas as pd
 from fileformats.generic import File
 from pydra.compose import python
 
-from strokeperf import __version__, io, report, tables
+from strokeperf import __version__, io, qc, report, tables
 from strokeperf.interfaces.base import records_failure
 from strokeperf.profiles import profile_rules
 
@@ -153,6 +153,7 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
         "Description": "Volumes, mismatch metrics and trial-eligibility profiles of this session",
         "Sources": sources, "Parameters": parameters, "ProfileRules": profile_rules(),
         "AIFQuality": record["aif_quality"],
+        "QCFlags": {flag: qc.QC_FLAG_RULES[flag] for flag in results.get("qc_flags", [])},
     })
     tables.write_row(volumes, row)
     # The report reads every modality's volumes row of this session from OUTPUT_DIR.
