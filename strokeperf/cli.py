@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 import time
 import uuid
 from pathlib import Path
 
 from strokeperf import __version__, inputs, io, report, tables
-from strokeperf.config import load_parameters
+from strokeperf.config import ConfigError, load_parameters
 from strokeperf.errors import (EXIT_OK, EXIT_SESSION_FAILED, InputError, MissingInputError,
                                StrokeperfError)
 from strokeperf.interfaces.derivatives import volumes_path, write_dataset_description
@@ -106,7 +108,21 @@ def _submitter(args, work_dir: Path):
                      **kwargs)
 
 
+#: sbatch options the pydra slurm worker sets itself (it reads each job's own output and error
+#: files; pydra 1.0a12 crashes when they are overridden).
+_RESERVED_SBATCH = ("-o", "-e", "--output", "--error", "-J", "--job-name")
+
+
+def _check_slurm_args(slurm_args: str) -> None:
+    for token in shlex.split(slurm_args or ""):
+        name = token.split("=", 1)[0]
+        if name in _RESERVED_SBATCH:
+            raise ConfigError(f"--slurm-args must not set {name}: strokeperf's SLURM worker names "
+                              "each job's output and error files itself")
+
+
 def run_participant(args) -> int:
+    _check_slurm_args(args.slurm_args)
     bids_dir, output_dir = args.bids_dir.resolve(), args.output_dir.resolve()
     work_dir = args.work_dir.resolve()
     parameters = load_parameters(
@@ -118,6 +134,8 @@ def run_participant(args) -> int:
     participants = _read_participants(bids_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     io.remove_partials(output_dir)
+    # Temporaries of atomic writes go to the work directory (inherited by cf and SLURM workers).
+    os.environ[io.STAGING_ENV] = str(work_dir / "staging")
     write_dataset_description(output_dir)
     records = [_session_record(s, work_dir, participants) for s in sessions]
     for r in records:

@@ -1,9 +1,11 @@
 """Atomic file writing: a file that exists in OUTPUT_DIR is complete.
 
-Each writer writes to a hidden temporary name in the target's own directory and renames it into place
-(``os.replace`` is atomic on POSIX file systems), so a run killed at any moment leaves either the old
-file, the new one, or a hidden ``.*.partial`` temporary that :func:`remove_partials` cleans up on the
-next run.
+Each writer writes to a temporary file and renames it into place (``os.replace`` is atomic on POSIX
+file systems), so a run killed at any moment leaves either the old file or the new one. The temporary
+lives in the staging directory named by the environment variable ``STROKEPERF_STAGING_DIR`` (the
+command line points it into the work directory) when that is on the same file system as the target,
+so that not even a temporary appears in OUTPUT_DIR; otherwise it is a hidden ``.*.partial`` file beside
+the target, which :func:`remove_partials` cleans up on the next run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 PARTIAL_SUFFIX = ".partial"
+STAGING_ENV = "STROKEPERF_STAGING_DIR"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -33,7 +36,7 @@ def atomic_path(path: str | os.PathLike):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX + "".join(path.suffixes),
-                               dir=path.parent)
+                               dir=_temporary_dir(path.parent))
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -44,6 +47,20 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _temporary_dir(target_dir: Path) -> Path:
+    """The staging directory if it shares the target's file system (rename stays atomic), else the
+    target's own directory."""
+    staging = os.environ.get(STAGING_ENV)
+    if staging:
+        try:
+            Path(staging).mkdir(parents=True, exist_ok=True)
+            if os.stat(staging).st_dev == os.stat(target_dir).st_dev:
+                return Path(staging)
+        except OSError:
+            pass
+    return target_dir
 
 
 def _json_default(obj):

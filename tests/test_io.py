@@ -1,0 +1,37 @@
+"""Atomic writes: the target is complete or absent, and temporaries stay out of OUTPUT_DIR."""
+
+import json
+
+import pytest
+
+from strokeperf import io
+
+
+def test_temporary_goes_to_the_staging_dir_and_result_is_complete(tmp_path, monkeypatch):
+    staging, out = tmp_path / "work" / "staging", tmp_path / "out"
+    monkeypatch.setenv(io.STAGING_ENV, str(staging))
+    seen = []
+    with io.atomic_path(out / "a.json") as tmp:
+        seen.append(tmp.parent)
+        tmp.write_text("{}")
+        assert not (out / "a.json").exists()        # nothing at the target until the rename
+    assert seen == [staging]
+    assert json.loads((out / "a.json").read_text()) == {}
+    assert list(out.iterdir()) == [out / "a.json"]
+
+
+def test_a_failing_write_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.delenv(io.STAGING_ENV, raising=False)
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(tmp_path / "b.tsv") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_remove_partials_cleans_hidden_temporaries(tmp_path):
+    (tmp_path / "sub-01").mkdir()
+    (tmp_path / "sub-01" / ".x.tsv.abc.partial.tsv").write_text("half")
+    (tmp_path / "sub-01" / "x.tsv").write_text("whole")
+    assert io.remove_partials(tmp_path) == 1
+    assert [p.name for p in (tmp_path / "sub-01").iterdir()] == ["x.tsv"]
