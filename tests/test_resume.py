@@ -1,0 +1,89 @@
+"""Resume after a kill: a cohort run killed with SIGKILL mid-way, then started again with the same
+work directory, finishes the rest without recomputing finished steps, writes byte-identical tables,
+and OUTPUT_DIR never holds a half-written file."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import make_phantom
+
+N_SESSIONS = 5
+
+
+def _command(bids: Path, out: Path, work: Path) -> list[str]:
+    return [sys.executable, "-m", "strokeperf.cli", str(bids), str(out), "participant",
+            "-w", str(work), "--nprocs", "1"]
+
+
+def _assert_every_file_complete(out: Path) -> None:
+    for path in out.rglob("*"):
+        if not path.is_file():
+            continue
+        assert ".partial" not in path.name, path
+        if path.name.endswith(".nii.gz"):
+            with gzip.open(path) as f:
+                f.read()
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".tsv":
+            pd.read_csv(path, sep="\t")
+        elif path.suffix == ".html":
+            assert path.read_text().rstrip().endswith("</html>"), path
+
+
+def _finished_jobs(work: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in (work / "pydra").glob("python-*/_result.pklz")}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    bids = tmp_path_factory.mktemp("resume") / "bids"
+    for i in range(N_SESSIONS):
+        make_phantom(bids, f"r{i}", seed=60 + i)
+    return bids
+
+
+def test_kill_and_resume(cohort, tmp_path):
+    reference = subprocess.run(_command(cohort, tmp_path / "ref", tmp_path / "ref_work"),
+                               capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = subprocess.Popen(_command(cohort, out, work), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    done_dir = work / "completed"
+    deadline = time.monotonic() + 600
+    while not (done_dir.exists() and any(done_dir.iterdir())):
+        assert proc.poll() is None, "the run ended before the first session completed"
+        assert time.monotonic() < deadline, "no session completed within 10 minutes"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(done_dir.iterdir()))
+    assert done_before < N_SESSIONS, "every session had finished: the kill came too late to test"
+    _assert_every_file_complete(out)
+
+    finished = _finished_jobs(work)
+    resumed = subprocess.run(_command(cohort, out, work), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    # Steps that had finished before the kill were reused, not recomputed.
+    after = _finished_jobs(work)
+    assert all(after[p] == mtime for p, mtime in finished.items())
+    # One deconvolution per session: none was recomputed under a second hash.
+    assert len(list((work / "pydra").glob("python-*/cbf.nii"))) == N_SESSIONS
+    _assert_every_file_complete(out)
+    assert (out / "group_perfusion.tsv").read_bytes() == (tmp_path / "ref" /
+                                                          "group_perfusion.tsv").read_bytes()
+    for tsv in (tmp_path / "ref").glob("sub-*/perf/*_volumes.tsv"):
+        assert (out / tsv.relative_to(tmp_path / "ref")).read_bytes() == tsv.read_bytes()
