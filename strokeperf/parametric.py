@@ -43,6 +43,7 @@ import numpy as np
 
 from strokeperf import kinetics
 from strokeperf.concentration import check_frame_times
+from strokeperf.deconvolution import _parabolic_offset
 from strokeperf.errors import DataError
 
 #: Candidate delays, s: from tissue slightly ahead of the AIF (the AIF is sampled in a large artery
@@ -70,14 +71,6 @@ N_MODEL_PARAMETERS = 5
 NOISE_FLOOR = 1e-6
 #: Voxels per chunk; the score matrix is chunk x dictionary size float32 (about 55 MB at 1024).
 DEFAULT_CHUNK_SIZE = 1024
-
-
-def _parabolic_offset(y_prev, y_peak, y_next):
-    """Sub-sample offset in [-0.5, 0.5] of the vertex of the parabola through three samples."""
-    denom = y_prev - 2.0 * y_peak + y_next
-    with np.errstate(divide="ignore", invalid="ignore"):
-        off = np.where(denom < 0, 0.5 * (y_prev - y_next) / denom, 0.0)
-    return np.clip(off, -0.5, 0.5)
 
 
 class ParametricDeconvolution:
