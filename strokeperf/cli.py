@@ -23,6 +23,20 @@ log = logging.getLogger("strokeperf")
 DECONVOLUTION_METHODS = ("parametric", "bcsvd", "csvd", "ssvd", "tikhonov")
 
 
+def _ctp_workflow():
+    from strokeperf.workflows.ctp import CTPSession
+    return CTPSession
+
+
+def _dsc_workflow():
+    from strokeperf.workflows.dsc import DSCSession
+    return DSCSession
+
+
+#: Workflow of one session per perfusion modality (imported when needed: pydra is slow to import).
+SESSION_WORKFLOWS = {"ctp": _ctp_workflow, "dsc": _dsc_workflow}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="strokeperf",
@@ -67,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     meth.add_argument("--min-cluster-ml", type=float, help="smallest lesion cluster kept, mL")
     meth.add_argument("--vessel-cbv", type=float,
                       help="CBV above which a voxel is a vessel, mL/100 g")
+    meth.add_argument("--no-motion-correction", dest="motion_correction", action="store_false",
+                      default=None, help="skip rigid motion correction of the perfusion series")
+    meth.add_argument("--leakage-correction", action="store_true", default=None,
+                      help="DSC: Boxerman-Schmainda-Weisskoff leakage correction")
     return p
 
 
@@ -129,7 +147,8 @@ def run_participant(args) -> int:
         args.config, frame_interval=args.frame_interval, deconvolution=args.deconvolution,
         denoise_fwhm_mm=args.denoise_fwhm_mm, core_rcbf=args.core_rcbf, core_adc=args.core_adc,
         tmax_thresholds=args.tmax_thresholds, min_cluster_ml=args.min_cluster_ml,
-        vessel_cbv=args.vessel_cbv)
+        vessel_cbv=args.vessel_cbv, motion_correction=args.motion_correction,
+        leakage_correction=args.leakage_correction)
     sessions = inputs.discover_sessions(bids_dir, args.participant_label, args.session_label)
     participants = _read_participants(bids_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -140,26 +159,21 @@ def run_participant(args) -> int:
     records = [_session_record(s, work_dir, participants) for s in sessions]
     for r in records:
         Path(r["failure_file"]).unlink(missing_ok=True)
-    ctp = [r for r in records if r["modality"] == "ctp"]
     started = time.time()
     run_id = uuid.uuid4().hex
     print(f"strokeperf {__version__}: {len(records)} series from {bids_dir}", flush=True)
-    if ctp:
-        from strokeperf.workflows.ctp import CTPSession
-
-        task = CTPSession(output_dir=str(output_dir), run_id=run_id,
-                          config=parameters.to_dict()).split(session=ctp)
-        with _submitter(args, work_dir) as submitter:
-            submitter(task, raise_errors=False)
+    for modality in ("ctp", "dsc"):
+        chosen = [r for r in records if r["modality"] == modality]
+        if chosen:
+            task = SESSION_WORKFLOWS[modality]()(output_dir=str(output_dir), run_id=run_id,
+                                                 config=parameters.to_dict()).split(session=chosen)
+            with _submitter(args, work_dir) as submitter:
+                submitter(task, raise_errors=False)
     for r in records:
         if Path(r["done_file"]).exists() and Path(r["done_file"]).read_text() == run_id:
             continue
         failure = Path(r["failure_file"])
-        if r["modality"] != "ctp":
-            # The DSC-MRI workflow is not wired yet: say so instead of failing silently.
-            message = (f"{r['perfusion_file']}: DSC-MRI processing is not available in strokeperf "
-                       f"{__version__} (CT perfusion only)")
-        elif failure.exists():
+        if failure.exists():
             message = json.loads(failure.read_text())["message"]
         else:
             message = f"{r['perfusion_file']}: processing did not complete; details in {work_dir}"

@@ -9,6 +9,8 @@ A config file holds the same names as the options, with underscores::
     denoise_fwhm_mm = 5.0
     core_rcbf = 0.30
     tmax_thresholds = [4, 6, 8, 10]
+    motion_correction = true
+    leakage_correction = false
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class Parameters:
     tmax_thresholds: tuple = lesions.TMAX_THRESHOLDS_S
     min_cluster_ml: float = lesions.MIN_CLUSTER_ML
     vessel_cbv: float = lesions.VESSEL_CBV_ML_100G
+    #: Rigid motion correction of every perfusion series (``--no-motion-correction`` turns it off).
+    motion_correction: bool = True
+    #: DSC only: Boxerman-Schmainda-Weisskoff contrast-leakage correction of delta-R2*.
+    leakage_correction: bool = False
 
     def validate(self) -> "Parameters":
         """Check ranges a user could get wrong; raise :class:`ConfigError` with the reason."""
@@ -53,6 +59,9 @@ class Parameters:
         if lesions.HYPOPERFUSION_TMAX_S not in thresholds or 10.0 not in thresholds:
             raise ConfigError("tmax_thresholds must include 6 and 10 s (mismatch and HIR use them)")
         self.tmax_thresholds = tuple(sorted(thresholds))
+        for name in ("motion_correction", "leakage_correction"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.min_cluster_ml < 0 or self.denoise_fwhm_mm < 0 or self.vessel_cbv <= 0:
             raise ConfigError("min_cluster_ml and denoise_fwhm_mm must be >= 0, vessel_cbv > 0")
         return self

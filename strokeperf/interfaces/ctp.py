@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from fileformats.generic import File
@@ -46,7 +47,9 @@ def ct_masks(session: dict, ctp_file: File, frame_times: list) -> tuple[File, Fi
     try:
         # The temporal median is unenhanced nearly everywhere: arteries enhance in a few frames only.
         brain = brainmask.ct_brain_mask(np.median(hu, axis=3), vs)
-        bolus = concentration.require_bolus(hu[brain].mean(axis=0), times)
+        # The median over the brain, not the mean: after motion correction the edge voxels of moved
+        # frames carry interpolated skull (+1000 HU), which shifts a mean curve frame by frame.
+        bolus = concentration.require_bolus(np.median(hu[brain], axis=0), times)
     except DataError as exc:
         raise InputError(_source(session), str(exc)) from exc
     baseline = hu[..., : bolus.baseline_end].mean(axis=3)
@@ -90,6 +93,11 @@ def input_functions(session: dict, concentration_file: File, frame_times: list,
     except DataError as exc:
         raise InputError(_source(session), str(exc)) from exc
     vof = aif_stage.select_vof(conc, times, search, aif)
+    return write_input_functions(aif, vof, times, conc.shape[:3], affine)
+
+
+def write_input_functions(aif, vof, times: np.ndarray, shape, affine) -> tuple[Path, Path, Path]:
+    """Scale the AIF by the VOF; write the input-function record (JSON) and the voxel masks."""
     scaled, factor = aif.curve, 1.0
     if vof is not None:
         scaled, factor = aif_stage.scale_aif_by_vof(aif, vof)
@@ -108,8 +116,6 @@ def input_functions(session: dict, concentration_file: File, frame_times: list,
     }
     aif_path = Path.cwd() / "input_functions.json"
     aif_path.write_text(json.dumps(record, indent=1))
-    shape = conc.shape[:3]
-    del conc
     aif_mask = np.zeros(shape, dtype=np.uint8)
     aif_mask[tuple(np.asarray(aif.voxels).T)] = 1
     vof_mask = np.zeros(shape, dtype=np.uint8)
@@ -138,12 +144,50 @@ def ctp_lesions(session: dict, perfusion_maps: list[File], brain_mask: File, csf
                 concentration_file: File, input_functions_file: File, frame_times: list,
                 core_rcbf: float, tmax_thresholds: list,
                 min_cluster_ml: float, vessel_cbv: float, age: float | None = None,
-                nihss: float | None = None) -> tuple[list[File], dict]:
+                nihss: float | None = None, motion: dict | None = None) -> tuple[list[File], dict]:
     """Relative maps, tissue, core and Tmax masks, volumes (mL), mismatch metrics and profiles.
 
     Also the mean concentration curves of normal (reference) and hypoperfused tissue, for the report,
     and the session's QC flags (:mod:`strokeperf.qc`).
     """
+    found = hypoperfusion(session, perfusion_maps, brain_mask, csf_mask, tmax_thresholds,
+                          min_cluster_ml, vessel_cbv)
+    core = lesions.ctp_core(found.rcbf, found.hypoperfused, found.voxel_size, core_rcbf,
+                            min_cluster_ml)
+    results = session_results(found, lesions.volume_ml(core, found.voxel_size),
+                              f"rCBF<{core_rcbf:.2f}", age, nihss)
+    results.update(curves_and_qc(found, concentration_file, input_functions_file, frame_times,
+                                 motion))
+    files = found.save() + [save_array("core_mask.nii", core, found.affine, np.uint8)]
+    return files, results
+
+
+class Hypoperfusion(NamedTuple):
+    """Tissue, reference and Tmax lesions of one session on the perfusion grid."""
+
+    affine: np.ndarray
+    voxel_size: np.ndarray
+    brain: np.ndarray
+    tissue: np.ndarray
+    reference: np.ndarray
+    rcbf: np.ndarray
+    rcbv: np.ndarray
+    tmax_masks: dict
+    hypoperfused: np.ndarray
+
+    def save(self) -> list[Path]:
+        """rCBF, rCBV, tissue and Tmax masks as work files (the datasink names them)."""
+        files = [save_array("rcbf.nii", self.rcbf, self.affine),
+                 save_array("rcbv.nii", self.rcbv, self.affine),
+                 save_array("tissue_mask.nii", self.tissue, self.affine, np.uint8)]
+        return files + [save_array(f"tmax{thr:g}_mask.nii", m, self.affine, np.uint8)
+                        for thr, m in self.tmax_masks.items()]
+
+
+def hypoperfusion(session: dict, perfusion_maps: list, brain_mask, csf_mask, tmax_thresholds,
+                  min_cluster_ml: float, vessel_cbv: float) -> Hypoperfusion:
+    """Tissue (brain minus CSF and vessels), reference tissue (Tmax < 4 s), rCBF and rCBV against
+    it, and the Tmax > threshold lesions (small clusters removed)."""
     maps = {Path(p).name.split(".")[0]: p for p in perfusion_maps}
     cbf, affine = load_array(maps["cbf"])
     cbv, _ = load_array(maps["cbv"])
@@ -158,41 +202,50 @@ def ctp_lesions(session: dict, perfusion_maps: list[File], brain_mask: File, csf
     except ValueError as exc:
         raise InputError(_source(session), f"cannot normalise perfusion maps: {exc}") from exc
     tmax_masks = lesions.tmax_lesions(tmax, tissue, vs, tmax_thresholds, min_cluster_ml)
-    hypoperfused = tmax_masks[lesions.HYPOPERFUSION_TMAX_S]
-    core = lesions.ctp_core(rcbf, hypoperfused, vs, core_rcbf, min_cluster_ml)
-    volumes = {f"tmax{thr:g}_ml": lesions.volume_ml(m, vs) for thr, m in tmax_masks.items()}
-    results = {
-        "core_ml": lesions.volume_ml(core, vs),
-        "core_definition": f"rCBF<{core_rcbf:.2f}",
-        **volumes,
-    }
-    results.update(profiles.mismatch_metrics(results["core_ml"], results["tmax6_ml"],
-                                             results["tmax10_ml"]))
-    results["cbv_index"] = lesions.cbv_index(rcbv, hypoperfused)
-    results.update(profiles.evaluate_profiles(results["core_ml"], results["tmax6_ml"],
+    return Hypoperfusion(affine, vs, brain, tissue, reference, rcbf, rcbv, tmax_masks,
+                         tmax_masks[lesions.HYPOPERFUSION_TMAX_S])
+
+
+def session_results(found: Hypoperfusion, core_ml: float | None, core_definition: str | None,
+                    age: float | None, nihss: float | None) -> dict:
+    """Volumes, mismatch metrics, CBV index, profiles and side. Without a core (``core_ml`` None)
+    the core-dependent columns (mismatch, profiles) are n/a; HIR and the CBV index remain."""
+    vs = found.voxel_size
+    results = {"core_ml": core_ml, "core_definition": core_definition,
+               **{f"tmax{thr:g}_ml": lesions.volume_ml(m, vs)
+                  for thr, m in found.tmax_masks.items()}}
+    metrics = profiles.mismatch_metrics(0.0 if core_ml is None else core_ml,
+                                        results["tmax6_ml"], results["tmax10_ml"])
+    if core_ml is None:
+        metrics.update(mismatch_ml=None, mismatch_ratio=None)
+    results.update(metrics)
+    results["cbv_index"] = lesions.cbv_index(found.rcbv, found.hypoperfused)
+    results.update(profiles.evaluate_profiles(core_ml, results["tmax6_ml"],
                                               results["tmax10_ml"], age=age, nihss=nihss))
-    results["affected_side"] = lesions.affected_side(hypoperfused, brain, affine)
+    results["affected_side"] = lesions.affected_side(found.hypoperfused, found.brain, found.affine)
+    return results
+
+
+def curves_and_qc(found: Hypoperfusion, concentration_file, input_functions_file,
+                  frame_times: list, motion: dict | None = None) -> dict:
+    """Mean curves of normal and hypoperfused tissue (for the report) and the QC flags."""
     conc, _ = load_array(concentration_file)
-    results["curves"] = {
-        "tissue_normal": conc[reference].mean(axis=0).tolist(),
-        "tissue_hypoperfused": conc[hypoperfused].mean(axis=0).tolist() if hypoperfused.any()
-        else None,
+    curves = {
+        "tissue_normal": conc[found.reference].mean(axis=0).tolist(),
+        "tissue_hypoperfused": conc[found.hypoperfused].mean(axis=0).tolist()
+        if found.hypoperfused.any() else None,
     }
-    results["qc_flags"] = qc.compute_qc_flags(
+    fd = (motion or {}).get("framewise_displacement")
+    flags = qc.compute_qc_flags(
         frame_times=np.asarray(frame_times, dtype=float),
-        tissue_curve=np.asarray(results["curves"]["tissue_normal"]),
+        tissue_curve=np.asarray(curves["tissue_normal"]),
         input_functions=json.loads(Path(input_functions_file).read_text()),
-        brain_mask=brain, hypoperfused_mask=hypoperfused, affine=affine,
-        hypoperfused_curve=(None if results["curves"]["tissue_hypoperfused"] is None
-                            else np.asarray(results["curves"]["tissue_hypoperfused"])),
-        noise_sd=qc.voxel_noise_sd(conc, tissue))
-    del conc
-    files = [save_array("rcbf.nii", rcbf, affine), save_array("rcbv.nii", rcbv, affine),
-             save_array("tissue_mask.nii", tissue, affine, np.uint8),
-             save_array("core_mask.nii", core, affine, np.uint8)]
-    files += [save_array(f"tmax{thr:g}_mask.nii", m, affine, np.uint8)
-              for thr, m in tmax_masks.items()]
-    return files, results
+        brain_mask=found.brain, hypoperfused_mask=found.hypoperfused, affine=found.affine,
+        hypoperfused_curve=(None if curves["tissue_hypoperfused"] is None
+                            else np.asarray(curves["tissue_hypoperfused"])),
+        noise_sd=qc.voxel_noise_sd(conc, found.tissue),
+        framewise_displacement=None if fd is None else np.asarray(fd, dtype=float))
+    return {"curves": curves, "qc_flags": flags}
 
 
 LoadCTP = python.define(load_ctp, outputs=["ctp_file", "frame_times"])

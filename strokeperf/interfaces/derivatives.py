@@ -7,6 +7,14 @@ Naming (BIDS derivatives; the ``desc`` entity carries the modality and, for mask
                                                                     AIF VOF
     sub-P[/ses-S]/perf/<prefix>_desc-<mod>_timeseries.tsv         frame times, AIF, scaled AIF, VOF
     sub-P[/ses-S]/perf/<prefix>_desc-<mod>_volumes.tsv (+ .json)  the session's group-table row
+    sub-P[/ses-S]/perf/<prefix>_desc-<mod>_motion.tsv (+ .json)   per-frame FD and rigid parameters
+                                                                    (unless motion correction is off)
+
+DSC sessions with diffusion data also get (``space-dwi``: the DWI/ADC grid; without it: the DSC grid)::
+
+    <prefix>_space-dwi_desc-dsc_adc.nii.gz, <prefix>_desc-dsc_adc.nii.gz        ADC, 1e-6 mm^2/s
+    <prefix>_space-dwi_desc-dsc{Core,Brain}_mask.nii.gz                        core in DWI space
+    <prefix>_from-dwi_to-dsc_mode-image_xfm.txt (+ .json)   4x4 RAS mm, x_dsc = M @ x_dwi
 
 ``<prefix>`` is the input's name without suffix (``sub-01_ses-acute``), ``<mod>`` is ``ctp`` or
 ``dsc``. Every image has a JSON sidecar with ``Units``, ``Sources`` (BIDS URIs) and the parameters.
@@ -25,7 +33,14 @@ from pydra.compose import python
 
 from strokeperf import __version__, io, qc, report, tables
 from strokeperf.interfaces.base import records_failure
+from strokeperf.interfaces.registration import MOTION_PARAMETERS
 from strokeperf.profiles import profile_rules
+
+#: Rules of QC flags raised by the workflows beyond :data:`strokeperf.qc.QC_FLAG_RULES`.
+WORKFLOW_QC_RULES = {
+    "no_diffusion": "The MRI session has no DWI or ADC, so there is no ischemic core: core, "
+                    "mismatch and the trial profiles are n/a.",
+}
 
 #: Work-file stem -> (derivative suffix or mask label, Units, description).
 MAPS = {
@@ -84,6 +99,11 @@ def volumes_path(output_dir: str | Path, session: dict) -> Path:
     return session_dir(output_dir, session) / f"{prefix_of(session)}_desc-{session['modality']}_volumes.tsv"
 
 
+def qc_rule(flag: str) -> str:
+    """The one-sentence explanation of a QC flag."""
+    return qc.QC_FLAG_RULES.get(flag) or WORKFLOW_QC_RULES[flag]
+
+
 def _write_image(src: Path, dst: Path, dtype, sidecar: dict) -> Path:
     img = nib.load(str(src))
     io.write_nifti(dst, np.asarray(img.dataobj).astype(dtype), img.affine)
@@ -95,7 +115,8 @@ def _write_image(src: Path, dst: Path, dtype, sidecar: dict) -> Path:
 def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[File],
                       lesion_maps: list[File], brain_mask: File, csf_mask: File, aif_mask: File,
                       vof_mask: File, input_functions: File, results: dict,
-                      parameters: dict) -> File:
+                      parameters: dict, motion: dict | None = None,
+                      diffusion: dict | None = None) -> File:
     """Write one session's derivatives, its volumes row and its report into OUTPUT_DIR.
 
     ``run_id`` changes on every run so that this task always executes, refreshing OUTPUT_DIR from the
@@ -122,6 +143,24 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
                        **common}
             dtype = np.uint8
         written[stem] = _write_image(Path(path), dst, dtype, sidecar)
+    if motion and motion.get("enabled"):
+        _write_motion(out_dir / f"{prefix}_desc-{mod}_motion.tsv", motion, sources)
+    core_method = None
+    if diffusion and diffusion.get("available"):
+        sources = sources + [bids_uri(p, session.get("dataset_root"))
+                             for p in diffusion["sources"]]
+        # Only perfusion-grid images go to the report; the DWI-space ones are written beside them.
+        written["adc"] = _write_diffusion(out_dir, prefix, mod, diffusion,
+                                          {**common, "Sources": sources})
+        core_method = {
+            "Definition": diffusion["core_definition"],
+            "ADC": diffusion["adc_method"],
+            "Space": "DWI grid (core_ml); carried to the DSC grid for display",
+            "Registration": "rigid, Mattes mutual information (ANTs), "
+                            + ("mean b=0" if diffusion.get("b0") else "ADC map")
+                            + " to the DSC pre-contrast mean (S0)",
+            "Mismatch": "tmax6_ml (DSC grid) - core_ml (DWI grid)",
+        }
     record = json.loads(Path(input_functions).read_text())
     tissue = results.get("curves", {})
     curves = pd.DataFrame({"time": record["frame_times_s"], "aif": record["aif"],
@@ -153,7 +192,11 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
         "Description": "Volumes, mismatch metrics and trial-eligibility profiles of this session",
         "Sources": sources, "Parameters": parameters, "ProfileRules": profile_rules(),
         "AIFQuality": record["aif_quality"],
-        "QCFlags": {flag: qc.QC_FLAG_RULES[flag] for flag in results.get("qc_flags", [])},
+        "QCFlags": {flag: qc_rule(flag) for flag in results.get("qc_flags", [])},
+        **({"CoreMethod": core_method} if core_method else {}),
+        **({"MotionCorrection": {"FramesExcluded": int(sum(motion["excluded"])),
+                                 "Seconds": round(float(motion["seconds"]), 2)}}
+           if motion and motion.get("enabled") else {}),
     })
     tables.write_row(volumes, row)
     # The report reads every modality's volumes row of this session from OUTPUT_DIR.
@@ -162,6 +205,65 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(run_id)
     return volumes
+
+
+def _write_motion(path: Path, motion: dict, sources: list) -> Path:
+    """The per-frame motion table (every acquired frame, excluded ones flagged) and its sidecar."""
+    table = pd.DataFrame({"time": motion["frame_times_s"],
+                          "framewise_displacement": motion["framewise_displacement"],
+                          **{k: motion["params"][k] for k in MOTION_PARAMETERS},
+                          "excluded": ["true" if e else "false" for e in motion["excluded"]]})
+    io.write_text(path, table.to_csv(sep="\t", index=False, lineterminator="\n",
+                                     float_format="%.4g"))
+    translation = "Head displacement of this frame from the reference frame along {} (RAS), at " \
+                  "the centre of the field of view"
+    rotation = "Head rotation of this frame from the reference frame about the {} axis (RAS), " \
+               "about the centre of the field of view"
+    return io.write_json(path.with_suffix(".json"), {
+        "time": {"Description": "Frame onset", "Units": "s"},
+        "framewise_displacement": {"Description": "Sum of absolute frame-to-frame changes of the "
+                                                  "translations and of the rotations as arcs on a "
+                                                  "50 mm sphere (Power et al. 2012)", "Units": "mm"},
+        **{f"trans_{a}": {"Description": translation.format(a), "Units": "mm"} for a in "xyz"},
+        **{f"rot_{a}": {"Description": rotation.format(a), "Units": "degrees"} for a in "xyz"},
+        "excluded": {"Description": "Frame left out of the analysis: its mean through-plane "
+                                    "displacement exceeded half the slice thickness",
+                     "Levels": {"true": "excluded", "false": "used"}},
+        "ReferenceFrame": motion["reference_index"],
+        "Method": "rigid registration of every frame to the reference, Mattes mutual information "
+                  "(ANTs), linear resampling",
+        "Sources": sources,
+    })
+
+
+def _write_diffusion(out_dir: Path, prefix: str, mod: str, diffusion: dict,
+                     common: dict) -> Path:
+    """ADC (DWI grid and DSC grid), core and brain masks in DWI space, and the transform; returns
+    the ADC on the DSC grid (for the report's overlay)."""
+    adc_side = {"Description": "Apparent diffusion coefficient (" + diffusion["adc_method"] + ")",
+                "Units": "1e-6 mm^2/s", **common}
+    _write_image(Path(diffusion["adc"]), out_dir / f"{prefix}_space-dwi_desc-{mod}_adc.nii.gz",
+                 np.float32, adc_side)
+    _write_image(Path(diffusion["core_mask_dwi"]),
+                 out_dir / f"{prefix}_space-dwi_desc-{mod}Core_mask.nii.gz", np.uint8,
+                 {"Description": f"Ischemic core, {diffusion['core_definition']} (1e-6 mm^2/s) in "
+                                 f"DWI space; core_ml is its volume", "Type": "ROI", **common})
+    _write_image(Path(diffusion["brain_mask"]),
+                 out_dir / f"{prefix}_space-dwi_desc-{mod}Brain_mask.nii.gz", np.uint8,
+                 {"Description": "Brain in DWI space (bounds the core)", "Type": "Brain", **common})
+    xfm = out_dir / f"{prefix}_from-dwi_to-{mod}_mode-image_xfm.txt"
+    io.write_text(xfm, "\n".join(" ".join(f"{v:.9g}" for v in row)
+                                  for row in diffusion["transform"]) + "\n")
+    io.write_json(xfm.with_suffix(".json"), {
+        "Description": "Rigid DWI-to-perfusion transform: 4x4 matrix on scanner world coordinates "
+                       "(RAS+, mm); a DWI point x lies at M @ x in the perfusion scan",
+        "FromSpace": "dwi", "ToSpace": mod, "Convention": "RAS+ world mm, x_to = M @ x_from",
+        "Method": "rigid, Mattes mutual information (ANTs), centroid start, 4 resolution levels",
+        **common,
+    })
+    return _write_image(Path(diffusion["adc_perfusion"]), out_dir / f"{prefix}_desc-{mod}_adc.nii.gz",
+                        np.float32, {**adc_side, "Resampled": "onto the DSC grid with the "
+                                                              "DWI-to-DSC transform (linear)"})
 
 
 WriteDerivatives = python.define(write_derivatives, outputs=["volumes"])

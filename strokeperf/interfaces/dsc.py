@@ -1,0 +1,235 @@
+"""pydra tasks of the DSC-MRI path and its diffusion core: file paths in, stage functions, file paths
+out. Deconvolution and the shared lesion rules are those of the CT path
+(:mod:`strokeperf.interfaces.ctp`); motion correction and co-registration are in
+:mod:`strokeperf.interfaces.registration`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from fileformats.generic import File
+from pydra.compose import python
+from scipy import ndimage
+
+from strokeperf import aif as aif_stage
+from strokeperf import brainmask, concentration, diffusion, lesions, registration
+from strokeperf.errors import DataError, InputError
+from strokeperf.inputs import Session, load_adc, load_dwi, load_perfusion
+from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array, voxel_size
+from strokeperf.interfaces.ctp import (VESSEL_SEARCH_MARGIN_MM, curves_and_qc, hypoperfusion,
+                                       session_results, write_input_functions)
+
+#: QC flag of a DSC session without DWI or ADC: no core, so no mismatch and no profile.
+NO_DIFFUSION_FLAG = "no_diffusion"
+
+
+def _source(session: dict) -> str:
+    return session["perfusion_file"]
+
+
+@records_failure
+def load_dsc(session: dict, frame_interval: float | None = None) -> tuple[File, list, float]:
+    """Read and validate the DSC series; write it as float32 magnitude with its frame onsets (s)
+    and the echo time (s)."""
+    series = load_perfusion(Session.from_dict(session), frame_interval=frame_interval)
+    path = save_array("dsc_signal.nii", series.data, series.affine)
+    return path, [float(t) for t in series.frame_times], float(series.echo_time_s)
+
+
+@records_failure
+def mr_masks(session: dict, dsc_file: File, frame_times: list,
+             echo_time: float) -> tuple[File, File, File, File, dict]:
+    """Bolus timing, then brain and CSF masks on the baseline S0 and the vessel search region.
+
+    The bolus is found on the whole-brain delta-R2* curve, the brain being first outlined on the
+    temporal median (unenhanced nearly everywhere); the masks are then computed on S0, the mean of
+    the pre-contrast frames. Brain voxels whose S0 is below ``aif.MR_MIN_S0_FRACTION`` of the brain
+    median are left out (no usable signal).
+    """
+    signal, affine = load_array(dsc_file)
+    vs = voxel_size(affine)
+    times = np.asarray(frame_times, dtype=float)
+    try:
+        outline = brainmask.mr_brain_mask(np.median(signal, axis=3), vs)
+        curve = signal[outline].mean(axis=0, dtype=np.float64)
+        ratio = np.clip(curve / np.median(curve), concentration.MIN_SIGNAL_RATIO, None)
+        bolus = concentration.require_bolus(-np.log(ratio) / echo_time, times)
+        s0 = signal[..., : bolus.baseline_end].mean(axis=3)
+        brain = brainmask.mr_brain_mask(s0, vs)
+    except DataError as exc:
+        raise InputError(_source(session), str(exc)) from exc
+    # Voxels of the outline with a low baseline signal (partial volume with bone or air,
+    # susceptibility dropout) give no usable delta-R2*: the rule of the MR AIF candidates.
+    brain &= s0 >= aif_stage.MR_MIN_S0_FRACTION * float(np.median(s0[brain]))
+    csf = brainmask.mr_csf_mask(s0, brain, vs)
+    # Arteries at the brain surface and the sinuses lie just outside the brain mask; the dark skull
+    # (no S0) is never a candidate.
+    search = ndimage.binary_dilation(brain, structure=brainmask._ball(VESSEL_SEARCH_MARGIN_MM, vs))
+    search &= s0 > 0
+    return (
+        save_array("brain_mask.nii", brain, affine, np.uint8),
+        save_array("csf_mask.nii", csf, affine, np.uint8),
+        save_array("vessel_search_mask.nii", search, affine, np.uint8),
+        save_array("s0.nii", s0, affine),
+        {"baseline_end": int(bolus.baseline_end), "arrival_s": float(bolus.arrival_s),
+         "peak_s": float(bolus.peak_s)},
+    )
+
+
+@records_failure
+def dsc_concentration(session: dict, dsc_file: File, frame_times: list, echo_time: float,
+                      bolus: dict, vessel_search_mask: File, brain_mask: File, csf_mask: File,
+                      leakage_correction: bool, denoise_fwhm_mm: float) -> tuple[File, File]:
+    """delta-R2* (1/s): raw in the vessel search region, leakage-corrected (optional) and denoised
+    in the brain."""
+    signal, affine = load_array(dsc_file)
+    search, brain, csf = load_mask(vessel_search_mask), load_mask(brain_mask), load_mask(csf_mask)
+    dr2 = concentration.dsc_concentration(signal, echo_time, bolus["baseline_end"])
+    del signal
+    raw = save_array("delta_r2s.nii", np.where(search[..., None], dr2, 0), affine)
+    if leakage_correction:
+        try:
+            dr2, _ = concentration.correct_leakage(dr2, frame_times, brain,
+                                                   reference_mask=brain & ~csf)
+        except DataError as exc:
+            raise InputError(_source(session), str(exc)) from exc
+    tissue = concentration.denoise(dr2, brain, voxel_size(affine), fwhm_mm=denoise_fwhm_mm)
+    return raw, save_array("delta_r2s_denoised.nii", tissue, affine)
+
+
+@records_failure
+def mr_input_functions(session: dict, concentration_file: File, dsc_file: File, frame_times: list,
+                       bolus: dict, vessel_search_mask: File) -> tuple[File, File, File]:
+    """MR AIF (arterial rules on voxels whose signal stays above the noise floor) and VOF; the AIF
+    is scaled to the VOF's area."""
+    conc, affine = load_array(concentration_file)
+    signal, _ = load_array(dsc_file)
+    search = load_mask(vessel_search_mask)
+    times = np.asarray(frame_times, dtype=float)
+    try:
+        aif = aif_stage.select_aif(conc, times, search, modality="mr", signal=signal,
+                                   baseline_end=bolus["baseline_end"])
+    except DataError as exc:
+        raise InputError(_source(session), str(exc)) from exc
+    del signal
+    vof = aif_stage.select_vof(conc, times, search, aif)
+    return write_input_functions(aif, vof, times, conc.shape[:3], affine)
+
+
+@records_failure
+def load_diffusion(session: dict) -> dict:
+    """The diffusion inputs on one grid: ADC (1e-6 mm^2/s), mean b = 0 and DWI brain mask.
+
+    ADC: the scanner map when present, else computed from the DWI (:func:`diffusion.adc_from_dwi`).
+    A DWI series present beside a scanner ADC is still read (and must be valid): its b = 0 image
+    drives the registration and the CSF clean-up of the core, its brain mask bounds the core. When
+    the ADC map has its own grid, b = 0 and mask are resampled onto it (same scanner space). The
+    record's ``available`` is False when the session has neither DWI nor ADC.
+    """
+    s = Session.from_dict(session)
+    if s.dwi_file is None and s.adc_file is None:
+        return {"available": False}
+    sources = [str(p) for p in (s.dwi_file, s.bval_file, s.bvec_file, s.adc_file) if p is not None]
+    b0 = brain = None
+    if s.dwi_file is not None:
+        dwi, affine, bvals, _ = load_dwi(s)
+        try:
+            b0 = diffusion.mean_b0(dwi, bvals)
+            brain = diffusion.dwi_brain_mask(dwi, bvals, voxel_size(affine))
+        except DataError as exc:
+            raise InputError(s.dwi_file, str(exc)) from exc
+    if s.adc_file is not None:
+        adc, adc_affine = load_adc(s)
+        adc_method = "scanner ADC map"
+        if b0 is not None and (adc.shape != b0.shape or not np.allclose(adc_affine, affine,
+                                                                         atol=1e-3)):
+            b0 = registration.resample_image(b0, affine, np.eye(4), adc.shape, adc_affine)
+            brain = registration.resample_mask(brain, affine, np.eye(4), adc.shape, adc_affine)
+        affine = adc_affine
+    else:
+        adc = diffusion.adc_from_dwi(dwi, bvals, mask=brain)
+        adc_method = "computed from the DWI (mono-exponential, trace)"
+    record = {
+        "available": True, "sources": sources, "adc_method": adc_method,
+        "adc": str(save_array("adc.nii", adc, affine)),
+        "b0": None if b0 is None else str(save_array("b0.nii", b0, affine)),
+        "brain_mask": None if brain is None else str(save_array("dwi_brain_mask.nii", brain,
+                                                                affine, np.uint8)),
+    }
+    # Registration image: the b = 0 (T2*-like, the contrast of DSC S0); else the ADC map.
+    record["registration_image"] = record["b0"] or record["adc"]
+    record["registration_source"] = str(s.dwi_file if b0 is not None else s.adc_file)
+    return record
+
+
+@records_failure
+def diffusion_core(session: dict, diffusion_record: dict, perfusion_image: File, core_adc: float,
+                   min_cluster_ml: float) -> dict:
+    """ADC core in DWI space (:func:`diffusion.adc_core`), its volume there, and the core and ADC
+    carried onto the perfusion grid with the co-registration transform."""
+    record = dict(diffusion_record)
+    if not record.get("available"):
+        return record
+    adc, affine = load_array(record["adc"])
+    brain = load_mask(record["brain_mask"])
+    b0 = None if record.get("b0") is None else load_array(record["b0"])[0]
+    vs = voxel_size(affine)
+    try:
+        core = diffusion.adc_core(adc, brain, vs, threshold=core_adc, b0=b0,
+                                  min_cluster_ml=min_cluster_ml)
+    except DataError as exc:
+        raise InputError(record["registration_source"], str(exc)) from exc
+    target, target_affine = load_array(perfusion_image)
+    transform = np.asarray(record["transform"], dtype=float)
+    core_perf = registration.resample_mask(core, affine, transform, target.shape, target_affine)
+    # resample_image takes the "target -> image" direction: perfusion -> DWI.
+    adc_perf = registration.resample_image(adc, affine, np.linalg.inv(transform), target.shape,
+                                           target_affine, order=1, mode="constant")
+    record.update({
+        "core_ml": lesions.volume_ml(core, vs),
+        "core_definition": f"ADC<{core_adc:g}",
+        "core_mask_dwi": str(save_array("core_mask_dwi.nii", core, affine, np.uint8)),
+        "core_mask": str(save_array("core_mask.nii", core_perf, target_affine, np.uint8)),
+        "adc_perfusion": str(save_array("adc_perfusion.nii", adc_perf, target_affine)),
+    })
+    return record
+
+
+@records_failure
+def dsc_lesions(session: dict, perfusion_maps: list[File], brain_mask: File, csf_mask: File,
+                concentration_file: File, input_functions_file: File, frame_times: list,
+                diffusion_record: dict, tmax_thresholds: list, min_cluster_ml: float,
+                vessel_cbv: float, age: float | None = None, nihss: float | None = None,
+                motion: dict | None = None) -> tuple[list[File], dict]:
+    """Tmax lesions as for CT, the diffusion core and its volume in DWI space, mismatch
+    (``tmax6_ml`` on the perfusion grid minus ``core_ml`` on the DWI grid), profiles and QC flags.
+
+    Without DWI or ADC the core and everything that depends on it are n/a and the QC flag
+    ``no_diffusion`` is raised; the Tmax volumes, HIR and CBV index are still reported.
+    """
+    found = hypoperfusion(session, perfusion_maps, brain_mask, csf_mask, tmax_thresholds,
+                          min_cluster_ml, vessel_cbv)
+    has_core = bool(diffusion_record.get("available"))
+    results = session_results(found, diffusion_record.get("core_ml") if has_core else None,
+                              diffusion_record.get("core_definition") if has_core else None,
+                              age, nihss)
+    results.update(curves_and_qc(found, concentration_file, input_functions_file, frame_times,
+                                 motion))
+    if not has_core:
+        results["qc_flags"] = [*results["qc_flags"], NO_DIFFUSION_FLAG]
+    files = found.save() + ([Path(diffusion_record["core_mask"])] if has_core else [])
+    return files, results
+
+
+LoadDSC = python.define(load_dsc, outputs=["dsc_file", "frame_times", "echo_time"])
+MRMasks = python.define(mr_masks, outputs=["brain_mask", "csf_mask", "vessel_search_mask", "s0",
+                                           "bolus"])
+DSCConcentration = python.define(dsc_concentration,
+                                 outputs=["concentration", "tissue_concentration"])
+MRInputFunctions = python.define(mr_input_functions,
+                                 outputs=["input_functions", "aif_mask", "vof_mask"])
+LoadDiffusion = python.define(load_diffusion, outputs=["diffusion"])
+DiffusionCore = python.define(diffusion_core, outputs=["diffusion"])
+DSCLesions = python.define(dsc_lesions, outputs=["lesion_maps", "results"])
