@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shlex
+import socket
 import sys
 import time
 import uuid
@@ -113,6 +114,34 @@ def _read_participants(bids_dir: Path):
         raise MissingInputError(exc.path, exc.problem) from exc
 
 
+def remove_stale_locks(cache_root: Path) -> int:
+    """Delete pydra lock files left by a killed run; returns how many were removed.
+
+    A lock file holds the pid and host name of the process that took it. pydra itself clears stale
+    locks of tasks inside a workflow but not those of the workflows themselves, so a run killed with
+    SIGKILL would make the next run wait forever. Only locks of processes that no longer exist on
+    this host are removed: a live run (or one on another node of a cluster) keeps its locks.
+    """
+    removed = 0
+    host = socket.gethostname()
+    for lock in Path(cache_root).glob("*.lock"):
+        try:
+            pid_text, lock_host = lock.read_text().splitlines()[:2]
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            continue
+        if lock_host != host:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            lock.unlink(missing_ok=True)
+            removed += 1
+        except PermissionError:
+            pass  # a live process of another user
+    return removed
+
+
 def _submitter(args, work_dir: Path):
     from pydra.engine.submitter import Submitter
 
@@ -121,7 +150,7 @@ def _submitter(args, work_dir: Path):
         kwargs["n_procs"] = args.nprocs
     if args.worker == "slurm" and args.slurm_args:
         kwargs["sbatch_args"] = args.slurm_args
-    # One strokeperf run owns its work directory, so locks left by a killed run are stale.
+    remove_stale_locks(work_dir / "pydra")
     return Submitter(worker=args.worker, cache_root=work_dir / "pydra", clean_stale_locks=True,
                      **kwargs)
 

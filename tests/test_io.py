@@ -1,6 +1,7 @@
 """Atomic writes: the target is complete or absent, and temporaries stay out of OUTPUT_DIR."""
 
 import json
+import os
 
 import pytest
 
@@ -35,3 +36,21 @@ def test_remove_partials_cleans_hidden_temporaries(tmp_path):
     (tmp_path / "sub-01" / "x.tsv").write_text("whole")
     assert io.remove_partials(tmp_path) == 1
     assert [p.name for p in (tmp_path / "sub-01").iterdir()] == ["x.tsv"]
+
+
+def test_stale_pydra_locks_of_dead_processes_are_removed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from strokeperf.cli import remove_stale_locks
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    host = socket.gethostname()
+    (tmp_path / "workflow-dead.lock").write_text(f"{dead}\n{host}\ntoken\n")
+    (tmp_path / "workflow-alive.lock").write_text(f"{os.getpid()}\n{host}\ntoken\n")
+    (tmp_path / "workflow-other-node.lock").write_text(f"{dead}\nnode-17\ntoken\n")
+    assert remove_stale_locks(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["workflow-alive.lock",
+                                                         "workflow-other-node.lock"]
