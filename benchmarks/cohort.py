@@ -10,7 +10,6 @@ largest worker process. Each run starts from an empty work directory so nothing 
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile

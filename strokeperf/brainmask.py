@@ -59,7 +59,7 @@ OTSU_BINS = 256
 MR_CSF_MIN_RATIO = 1.3
 
 
-def _ball(radius_mm: float, voxel_size_mm) -> np.ndarray:
+def ball(radius_mm: float, voxel_size_mm) -> np.ndarray:
     """Ellipsoidal structuring element of ``radius_mm`` in a grid of anisotropic voxels."""
     vs = np.asarray(voxel_size_mm, dtype=float)[:3]
     half = np.maximum(np.floor(radius_mm / vs), 0).astype(int)
@@ -90,8 +90,8 @@ def ct_brain_mask(reference_hu: np.ndarray, voxel_size_mm) -> np.ndarray:
     bone = hu > BONE_HU
     soft = (hu > SOFT_TISSUE_HU[0]) & (hu < SOFT_TISSUE_HU[1]) & ~bone
     # Keep soft tissue away from the bone surface: voxels touching bone are partial-volumed skull.
-    soft &= ~ndimage.binary_dilation(bone, structure=_ball(1.0 * max(voxel_size_mm[:2]), voxel_size_mm))
-    seeds = ndimage.binary_erosion(soft, structure=_ball(BRIDGE_CUT_MM, voxel_size_mm))
+    soft &= ~ndimage.binary_dilation(bone, structure=ball(1.0 * max(voxel_size_mm[:2]), voxel_size_mm))
+    seeds = ndimage.binary_erosion(soft, structure=ball(BRIDGE_CUT_MM, voxel_size_mm))
     labels, n = ndimage.label(seeds)
     if n == 0:
         raise DataError("empty brain mask: no soft tissue (-20 to 100 HU) found inside the skull")
@@ -101,7 +101,7 @@ def ct_brain_mask(reference_hu: np.ndarray, voxel_size_mm) -> np.ndarray:
     # Grow the largest component back inside the soft tissue (geodesic reconstruction), then close
     # holes left by enhancing vessels and calcifications.
     brain = ndimage.binary_propagation(core, mask=soft)
-    brain = ndimage.binary_closing(brain, structure=_ball(2.0 * max(voxel_size_mm[:2]), voxel_size_mm))
+    brain = ndimage.binary_closing(brain, structure=ball(2.0 * max(voxel_size_mm[:2]), voxel_size_mm))
     brain = _fill_holes_per_slice(brain) & ~bone
     volume_ml = brain.sum() * float(np.prod(voxel_size_mm[:3])) / 1000.0
     if volume_ml < MIN_BRAIN_ML:
@@ -177,8 +177,8 @@ def mr_brain_mask(image, voxel_size_mm) -> np.ndarray:
                         "EPI image looks like noise)")
     # No hole filling here: the dark skull is enclosed by the scalp and must stay out.
     head = smooth > level
-    ball = _ball(MR_BRIDGE_CUT_MM, voxel_size_mm)
-    seeds = ndimage.binary_erosion(head, structure=ball)
+    bridge_cut = ball(MR_BRIDGE_CUT_MM, voxel_size_mm)
+    seeds = ndimage.binary_erosion(head, structure=bridge_cut)
     labels, n = ndimage.label(seeds)
     if n == 0:
         raise DataError("empty brain mask: no head-sized region above the background on the EPI "
@@ -186,8 +186,8 @@ def mr_brain_mask(image, voxel_size_mm) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     core = labels == int(np.argmax(sizes))
-    brain = ndimage.binary_dilation(core, structure=ball) & head
-    brain = ndimage.binary_closing(brain, structure=_ball(2.0 * max(voxel_size_mm[:2]),
+    brain = ndimage.binary_dilation(core, structure=bridge_cut) & head
+    brain = ndimage.binary_closing(brain, structure=ball(2.0 * max(voxel_size_mm[:2]),
                                                             voxel_size_mm))
     brain = _fill_holes_per_slice(brain)
     brain = ndimage.binary_fill_holes(brain)

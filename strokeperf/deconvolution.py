@@ -96,7 +96,7 @@ def _is_uniform(t: np.ndarray) -> bool:
     return bool(np.all(np.abs(d - d[0]) <= UNIFORM_RTOL * d[0]))
 
 
-def _parabolic_offset(y_prev, y_peak, y_next):
+def parabolic_offset(y_prev, y_peak, y_next):
     """Sub-sample offset in [-0.5, 0.5] of the vertex of the parabola through three samples."""
     denom = y_prev - 2.0 * y_peak + y_next
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -219,12 +219,12 @@ class _SVDDeconvolution(ABC):
         k = np.clip(k, 0, L - 1)
         if self.circulant:
             prev, nxt = r[(k - 1) % L, cols], r[(k + 1) % L, cols]
-            off = _parabolic_offset(prev, peak, nxt)
+            off = parabolic_offset(prev, peak, nxt)
             # Indices in the padded half are negative lags (tissue earlier than the AIF).
             lag = np.where(k >= self.n_times, k - L, k) + off
         else:
             prev, nxt = r[np.maximum(k - 1, 0), cols], r[np.minimum(k + 1, L - 1), cols]
-            off = np.where((k == 0) | (k == L - 1), 0.0, _parabolic_offset(prev, peak, nxt))
+            off = np.where((k == 0) | (k == L - 1), 0.0, parabolic_offset(prev, peak, nxt))
             lag = k + off
         return peak.astype(float), lag
 
@@ -279,7 +279,7 @@ class _SVDDeconvolution(ABC):
         i = np.arange(c.shape[0])
         kc = np.argmax(c, axis=1)
         ck = c[i, kc]
-        off_c = _parabolic_offset(c[i, np.maximum(kc - 1, 0)], ck, c[i, np.minimum(kc + 1, nt - 1)])
+        off_c = parabolic_offset(c[i, np.maximum(kc - 1, 0)], ck, c[i, np.minimum(kc + 1, nt - 1)])
         off_c = np.where((kc == 0) | (kc == nt - 1), 0.0, off_c)
         out[2][part] = (kc + off_c) * dt
         out[3][part] = _trapezoid_uniform(c, dt) / self.aif_area
@@ -548,7 +548,7 @@ class TikhonovSVD(_SVDDeconvolution):
         i = np.arange(j.size)
         inner = (j > 0) & (j < m - 1)
         jp, jn = np.clip(j - 1, 0, m - 1), np.clip(j + 1, 0, m - 1)
-        off = np.where(inner, _parabolic_offset(score[i, jp], score[i, j], score[i, jn]), 0.0)
+        off = np.where(inner, parabolic_offset(score[i, jp], score[i, j], score[i, jn]), 0.0)
         off = np.where(np.isfinite(off), off, 0.0)
         lam_rel = self.lambdas[j] * np.exp(off * self._log_step)
         return self._filtered(coef, lam_rel), lam_rel

@@ -43,13 +43,13 @@ import numpy as np
 
 from strokeperf import kinetics
 from strokeperf.concentration import check_frame_times
-from strokeperf.deconvolution import _parabolic_offset
+from strokeperf.deconvolution import parabolic_offset
 from strokeperf.errors import DataError
 
 #: Candidate delays, s: from tissue slightly ahead of the AIF (the AIF is sampled in a large artery
 #: downstream of some territories' branch points) to beyond the 10 s Tmax limit of clinical interest.
 DELAY_RANGE_S = (-2.0, 24.0)
-#: Step of the delay grid, s (refined by parabolic interpolation).
+#: Step of the delay grid, s (the posterior mean falls between grid points).
 DELAY_STEP_S = 0.5
 #: Candidate mean transit times, s: log-spaced over 1-24 s (normal grey matter 3-5 s, ischemic tissue
 #: up to about 20 s; Ostergaard et al. 1996; Wintermark et al. 2006).
@@ -125,7 +125,6 @@ class ParametricDeconvolution:
         if mtts is None:
             mtts = np.geomspace(*MTT_RANGE_S, MTT_STEPS)
         self.delays = np.asarray(delays, dtype=float)
-        self.delay_step = float(np.median(np.diff(self.delays))) if self.delays.size > 1 else 0.0
         combos = np.array([(b, m, a) for b in dispersions for m in mtts for a in shapes], dtype=float)
         self.dispersion, self.mtt_grid, self.shape = combos.T
 
@@ -139,7 +138,7 @@ class ParametricDeconvolution:
         # Tmax of each kernel: time of its maximum on the fine grid, refined by a parabola.
         k = np.argmax(kernels, axis=1)
         rows = np.arange(kernels.shape[0])
-        off = _parabolic_offset(kernels[rows, np.maximum(k - 1, 0)], kernels[rows, k],
+        off = parabolic_offset(kernels[rows, np.maximum(k - 1, 0)], kernels[rows, k],
                                 kernels[rows, np.minimum(k + 1, tau.size - 1)])
         off = np.where(k == 0, 0.0, off)
         self.kernel_peak_s = (k + off) * FINE_DT_S
@@ -249,7 +248,7 @@ def _ttp(curves: np.ndarray, t: np.ndarray) -> np.ndarray:
     rows = np.arange(curves.shape[0])
     inner = (k > 0) & (k < t.size - 1)
     kp, kn = np.maximum(k - 1, 0), np.minimum(k + 1, t.size - 1)
-    off = np.where(inner, _parabolic_offset(curves[rows, kp], curves[rows, k], curves[rows, kn]), 0.0)
+    off = np.where(inner, parabolic_offset(curves[rows, kp], curves[rows, k], curves[rows, kn]), 0.0)
     step = np.where(off >= 0, t[kn] - t[k], t[k] - t[kp])
     return t[k] - t[0] + off * step
 

@@ -481,10 +481,10 @@ def coregister(moving_image, moving_affine, fixed_image, fixed_affine, moving_ma
     initial[:3, 3] = shift  # fixed -> moving
     metric_region = f_region
     if fixed_mask is not None:
-        from strokeperf.brainmask import _ball
+        from strokeperf.brainmask import ball
 
         vs = np.linalg.norm(np.asarray(fixed_affine, float)[:3, :3], axis=0)
-        metric_region = ndimage.binary_dilation(f_region, structure=_ball(5.0, vs))
+        metric_region = ndimage.binary_dilation(f_region, structure=ball(5.0, vs))
     fixed_to_moving = _rigid(to_ants(fixed_image, fixed_affine),
                              to_ants(moving_image, moving_affine), COREGISTER_SCHEDULE,
                              fixed_mask=to_ants(metric_region.astype(np.float32), fixed_affine),

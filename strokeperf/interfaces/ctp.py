@@ -55,7 +55,7 @@ def ct_masks(session: dict, ctp_file: File, frame_times: list) -> tuple[File, Fi
     baseline = hu[..., : bolus.baseline_end].mean(axis=3)
     csf = brainmask.ct_csf_mask(baseline, brain, vs)
     bone = baseline > brainmask.BONE_HU
-    margin = brainmask._ball(VESSEL_SEARCH_MARGIN_MM, vs)
+    margin = brainmask.ball(VESSEL_SEARCH_MARGIN_MM, vs)
     search = ndimage.binary_dilation(brain, structure=margin) & ~bone
     return (
         save_array("brain_mask.nii", brain, affine, np.uint8),

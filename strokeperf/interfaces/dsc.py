@@ -66,7 +66,7 @@ def mr_masks(session: dict, dsc_file: File, frame_times: list,
     csf = brainmask.mr_csf_mask(s0, brain, vs)
     # Arteries at the brain surface and the sinuses lie just outside the brain mask; the dark skull
     # (no S0) is never a candidate.
-    search = ndimage.binary_dilation(brain, structure=brainmask._ball(VESSEL_SEARCH_MARGIN_MM, vs))
+    search = ndimage.binary_dilation(brain, structure=brainmask.ball(VESSEL_SEARCH_MARGIN_MM, vs))
     search &= s0 > 0
     return (
         save_array("brain_mask.nii", brain, affine, np.uint8),
