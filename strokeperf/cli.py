@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from strokeperf import __version__, inputs, io, report, tables
+from strokeperf import __version__, inputs, io, lesion_frequency, report, tables
 from strokeperf.config import ConfigError, load_parameters
 from strokeperf.errors import (EXIT_OK, EXIT_SESSION_FAILED, InputError, MissingInputError,
                                StrokeperfError)
@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                       default=None, help="skip rigid motion correction of the perfusion series")
     meth.add_argument("--leakage-correction", action="store_true", default=None,
                       help="DSC: Boxerman-Schmainda-Weisskoff leakage correction")
+    meth.add_argument("--normalise", action="store_true", default=None,
+                      help="also warp each session's lesion masks to the ICBM152 2009a template "
+                           "(MNI152NLin2009aAsym, 2 mm; about 10 s per session) and build the "
+                           "cohort's lesion-frequency maps")
     return p
 
 
@@ -177,7 +181,7 @@ def run_participant(args) -> int:
         denoise_fwhm_mm=args.denoise_fwhm_mm, core_rcbf=args.core_rcbf, core_adc=args.core_adc,
         tmax_thresholds=args.tmax_thresholds, min_cluster_ml=args.min_cluster_ml,
         vessel_cbv=args.vessel_cbv, motion_correction=args.motion_correction,
-        leakage_correction=args.leakage_correction)
+        leakage_correction=args.leakage_correction, normalise=args.normalise)
     sessions = inputs.discover_sessions(bids_dir, args.participant_label, args.session_label)
     participants = _read_participants(bids_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +225,8 @@ def run_participant(args) -> int:
 
 def _write_group_outputs(output_dir: Path, participants):
     table = tables.write_group_table(output_dir, participants)
-    report.write_group_report(output_dir, table)
+    frequency_maps = lesion_frequency.write_frequency_maps(output_dir, table)
+    report.write_group_report(output_dir, table, frequency_maps)
     return table
 
 

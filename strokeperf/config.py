@@ -11,6 +11,7 @@ A config file holds the same names as the options, with underscores::
     tmax_thresholds = [4, 6, 8, 10]
     motion_correction = true
     leakage_correction = false
+    normalise = false
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Parameters:
     motion_correction: bool = True
     #: DSC only: Boxerman-Schmainda-Weisskoff contrast-leakage correction of delta-R2*.
     leakage_correction: bool = False
+    #: Spatial normalisation to the ICBM152 2009a template (``--normalise``): lesion masks in template
+    #: space, transforms, and the cohort's lesion-frequency maps. Off by default (about 10 s/session).
+    normalise: bool = False
 
     def validate(self) -> "Parameters":
         """Check ranges a user could get wrong; raise :class:`ConfigError` with the reason."""
@@ -59,7 +63,7 @@ class Parameters:
         if lesions.HYPOPERFUSION_TMAX_S not in thresholds or 10.0 not in thresholds:
             raise ConfigError("tmax_thresholds must include 6 and 10 s (mismatch and HIR use them)")
         self.tmax_thresholds = tuple(sorted(thresholds))
-        for name in ("motion_correction", "leakage_correction"):
+        for name in ("motion_correction", "leakage_correction", "normalise"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.min_cluster_ml < 0 or self.denoise_fwhm_mm < 0 or self.vessel_cbv <= 0:

@@ -627,6 +627,15 @@ def _workflow_methods(mod: str) -> str:
     return re.sub(r"``([^`]+)``", r"\1", text)
 
 
+#: Methods sentence of the optional spatial normalisation (``--normalise``).
+NORMALISATION_METHODS = (
+    "For group analysis, the perfusion baseline image (brain only) was registered to the ICBM152 "
+    "2009a template (Fonov et al. 2011; 2 mm) by Mattes mutual information, affine then symmetric "
+    "normalisation (SyN, Avants et al. 2008) in ANTs, and the core and Tmax masks were warped to "
+    "it (linear interpolation, coverage >= 50 %); lesion-frequency maps are the voxel-wise fraction "
+    "of sessions with a lesion.")
+
+
 def methods_paragraph(mod: str, row: dict, parameters: dict) -> str:
     """Plain-text methods paragraph for one modality, ready to paste."""
     name = MODALITY_NAMES.get(mod, mod)
@@ -642,6 +651,7 @@ def methods_paragraph(mod: str, row: dict, parameters: dict) -> str:
         "Mismatch volume was Tmax > 6 s minus core and mismatch ratio their quotient; the "
         "hypoperfusion intensity ratio was Tmax > 10 s / Tmax > 6 s (Olivot et al. 2014) and the CBV "
         "index the mean relative CBV within Tmax > 6 s (Arenillas et al. 2018).",
+        NORMALISATION_METHODS if parameters.get("normalise") else "",
         "Eligibility was assessed by the DEFUSE 3 (Albers et al. 2018), EXTEND (Ma et al. 2019), "
         "DEFUSE 2 target mismatch and malignant (Lansberg et al. 2012) and DAWN (Nogueira et al. "
         "2018) imaging criteria.",
@@ -871,6 +881,69 @@ def distribution_figure(table: pd.DataFrame) -> str | None:
     return _png(fig)
 
 
+#: Colour map of lesion-frequency maps (fraction of sessions, 0-1), over the template T1.
+FREQUENCY_CMAP = "YlOrRd"
+
+
+def frequency_figure(records: list[dict]) -> str:
+    """Axial montage of one modality's lesion-frequency maps (one row per label) over the ICBM152
+    template T1, with a colour bar in fraction of sessions. ``records`` as returned by
+    :func:`strokeperf.lesion_frequency.write_frequency_maps`."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from strokeperf.registration import load_template
+
+    t1, brain, _ = load_template()
+    maps = [np.asarray(nib.load(str(r["path"])).dataobj, dtype=np.float32) for r in records]
+    union = np.any([m > 0 for m in maps], axis=0)
+    slices, crop = montage_slices(brain, union), brain_crop(brain)
+    background = grey_rgb(mosaic(np.where(brain, t1, np.nan), slices, crop),
+                          grey_range=BACKGROUND_GREY_RANGE)
+    cmap, norm = colormaps[FREQUENCY_CMAP], Normalize(0.0, 1.0)
+    rows = len(records)
+    h, w = background.shape[:2]
+    row_in = (MONTAGE_WIDTH_IN - 1.3) * h / w
+    fig = Figure(figsize=(MONTAGE_WIDTH_IN, rows * (row_in + 0.3) + 0.3))
+    height = fig.get_figheight()
+    for i, (record, fmap) in enumerate(zip(records, maps)):
+        tile = mosaic(fmap, slices, crop, fill=0.0)
+        shown = background.copy()
+        where = tile > 0
+        shown[where] = 0.25 * shown[where] + 0.75 * cmap(norm(tile[where]))[:, :3]
+        bottom = height - (i + 1) * (row_in + 0.3)
+        ax = fig.add_axes((0.1 / MONTAGE_WIDTH_IN, bottom / height,
+                           (MONTAGE_WIDTH_IN - 1.3) / MONTAGE_WIDTH_IN, row_in / height))
+        ax.imshow(shown, interpolation="nearest")
+        ax.set_axis_off()
+        ax.set_title(f"{record['label']}: {record['n']} session(s)   (R | L)", fontsize=8, loc="left")
+    cax = fig.add_axes(((MONTAGE_WIDTH_IN - 1.0) / MONTAGE_WIDTH_IN, 0.3 / height,
+                        0.12 / MONTAGE_WIDTH_IN, (height - 0.6) / height))
+    fig.colorbar(ScalarMappable(norm, cmap), cax=cax).set_label("fraction of sessions", fontsize=8)
+    cax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def _frequency_html(frequency_maps: list[dict]) -> str:
+    """The cohort report's lesion-frequency section (template space), per modality."""
+    parts = []
+    for mod in sorted({r["modality"] for r in frequency_maps}):
+        records = [r for r in frequency_maps if r["modality"] == mod]
+        sides = records[0]["sides"]
+        files = ", ".join(f"<code>{_esc(Path(r['path']).name)}</code>" for r in records)
+        parts.append(
+            f"<h3>{_esc(MODALITY_NAMES.get(mod, mod))}</h3>"
+            f"<p>Affected side of the Tmax &gt; 6 s lesion in template space: "
+            f"<span data-side=\"{mod}-L\">{sides['L']}</span> left, "
+            f"<span data-side=\"{mod}-R\">{sides['R']}</span> right, {sides['none']} without "
+            f"lesion. Maps: {files}.</p>"
+            + _img(frequency_figure(records), f"{mod} lesion-frequency maps"))
+    return ("<h2>Lesion frequency (ICBM152 2009a template)</h2><p>Fraction of the normalised "
+            "sessions whose lesion covers each voxel (axial slices, patient's right on the left)."
+            "</p>" + "".join(parts))
+
+
 def _count_table(title_col: str, counts: dict, columns: list[str]) -> str:
     head = "".join(f"<th>{_esc(c)}</th>" for c in [title_col, *columns])
     body = "".join(f"<tr><th>{_esc(k)}</th>" + "".join(f'<td class="num">{n}</td>' for n in v)
@@ -878,8 +951,11 @@ def _count_table(title_col: str, counts: dict, columns: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_group_report(output_dir, table: pd.DataFrame) -> Path:
-    """Write ``group.html``: sortable group table, distributions, counts, failures and links."""
+def write_group_report(output_dir, table: pd.DataFrame, frequency_maps: list[dict] | None = None
+                       ) -> Path:
+    """Write ``group.html``: sortable group table, distributions, counts, failures and links, and
+    the lesion-frequency maps when sessions were normalised (``frequency_maps``: records of
+    :func:`strokeperf.lesion_frequency.write_frequency_maps`)."""
     output_dir = Path(output_dir)
     table = table.astype(str).replace({"nan": NA, "None": NA})
     n_failed = int((table["status"] == "failed").sum()) if "status" in table else 0
@@ -910,6 +986,9 @@ def write_group_report(output_dir, table: pd.DataFrame) -> Path:
     parts.append("<h2>Quality-control flags</h2>" + (
         f"<table><tr><th>flag</th><th>sessions</th><th>meaning</th></tr>{qc_rows}</table>"
         if qc_rows else "<p>No flag was raised.</p>"))
+
+    if frequency_maps:
+        parts.append(_frequency_html(frequency_maps))
 
     failed = table[table["status"] == "failed"] if "status" in table else table.iloc[0:0]
     failures = "".join(

@@ -16,6 +16,13 @@ DSC sessions with diffusion data also get (``space-dwi``: the DWI/ADC grid; with
     <prefix>_space-dwi_desc-dsc{Core,Brain}_mask.nii.gz                        core in DWI space
     <prefix>_from-dwi_to-dsc_mode-image_xfm.txt (+ .json)   4x4 RAS mm, x_dsc = M @ x_dwi
 
+With ``--normalise`` (``<space>``: ``MNI152NLin2009aAsym``, nilearn's ICBM152 2009a)::
+
+    <prefix>_space-<space>_res-2_desc-<mod>{Core,Tmax4..Tmax10}_mask.nii.gz    lesions in template space
+    <prefix>_from-<mod>_to-<space>_mode-image_desc-affine_xfm.mat (+ .json)   ANTs affine
+    <prefix>_from-<mod>_to-<space>_mode-image_desc-warp_xfm.nii.gz            SyN warp
+    <prefix>_from-<space>_to-<mod>_mode-image_desc-warp_xfm.nii.gz            inverse SyN warp
+
 ``<prefix>`` is the input's name without suffix (``sub-01_ses-acute``), ``<mod>`` is ``ctp`` or
 ``dsc``. Every image has a JSON sidecar with ``Units``, ``Sources`` (BIDS URIs) and the parameters.
 """
@@ -31,7 +38,7 @@ import pandas as pd
 from fileformats.generic import File
 from pydra.compose import python
 
-from strokeperf import __version__, io, qc, report, tables
+from strokeperf import __version__, io, lesion_frequency, qc, report, tables
 from strokeperf.interfaces.base import records_failure
 from strokeperf.interfaces.registration import MOTION_PARAMETERS
 from strokeperf.profiles import profile_rules
@@ -116,7 +123,7 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
                       lesion_maps: list[File], brain_mask: File, csf_mask: File, aif_mask: File,
                       vof_mask: File, input_functions: File, results: dict,
                       parameters: dict, motion: dict | None = None,
-                      diffusion: dict | None = None) -> File:
+                      diffusion: dict | None = None, normalisation: dict | None = None) -> File:
     """Write one session's derivatives, its volumes row and its report into OUTPUT_DIR.
 
     ``run_id`` changes on every run so that this task always executes, refreshing OUTPUT_DIR from the
@@ -161,6 +168,9 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
                             + " to the DSC pre-contrast mean (S0)",
             "Mismatch": "tmax6_ml (DSC grid) - core_ml (DWI grid)",
         }
+    normalised = bool(normalisation and normalisation.get("enabled"))
+    if normalised:
+        _write_normalisation(out_dir, prefix, mod, normalisation, common)
     record = json.loads(Path(input_functions).read_text())
     tissue = results.get("curves", {})
     curves = pd.DataFrame({"time": record["frame_times_s"], "aif": record["aif"],
@@ -197,6 +207,11 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
         **({"MotionCorrection": {"FramesExcluded": int(sum(motion["excluded"])),
                                  "Seconds": round(float(motion["seconds"]), 2)}}
            if motion and motion.get("enabled") else {}),
+        **({"Normalisation": {"Space": normalisation["space"],
+                              "AffectedSide": normalisation["affected_side"] or "n/a",
+                              "BrainDice": normalisation["brain_dice"],
+                              "Seconds": round(float(normalisation["seconds"]), 2)}}
+           if normalised else {}),
     })
     tables.write_row(volumes, row)
     # The report reads every modality's volumes row of this session from OUTPUT_DIR.
@@ -264,6 +279,37 @@ def _write_diffusion(out_dir: Path, prefix: str, mod: str, diffusion: dict,
     return _write_image(Path(diffusion["adc_perfusion"]), out_dir / f"{prefix}_desc-{mod}_adc.nii.gz",
                         np.float32, {**adc_side, "Resampled": "onto the DSC grid with the "
                                                               "DWI-to-DSC transform (linear)"})
+
+
+def _write_normalisation(out_dir: Path, prefix: str, mod: str, normalisation: dict,
+                         common: dict) -> None:
+    """Template-space lesion masks and the ANTs transforms between the session and the template."""
+    space = normalisation["space"]
+    for label, path in normalisation["masks"].items():
+        _write_image(Path(path), out_dir / lesion_frequency.template_mask_name(prefix, mod, label),
+                     np.uint8, {"Description": f"{MASKS[label.lower() + '_mask'][1]}, warped to "
+                                               f"the {space} template (coverage >= 50 %)",
+                                "Type": "ROI", "Space": space, **common})
+    to = f"{prefix}_from-{mod}_to-{space}_mode-image"
+    back = f"{prefix}_from-{space}_to-{mod}_mode-image"
+    affine_dst = out_dir / f"{to}_desc-affine_xfm.mat"
+    io.copy_file(normalisation["affine_file"], affine_dst)
+    io.copy_file(normalisation["warp_file"], out_dir / f"{to}_desc-warp_xfm.nii.gz")
+    io.copy_file(normalisation["inverse_warp_file"], out_dir / f"{back}_desc-warp_xfm.nii.gz")
+    io.write_json(affine_dst.with_suffix(".json"), {
+        "Description": f"ANTs transforms between this session's perfusion grid and the {space} "
+                      "template (nilearn's ICBM152 2009a, 2 mm): an affine (.mat) and a SyN "
+                      "displacement field each way",
+        "FromSpace": mod, "ToSpace": space,
+        "Forward": f"antsApplyTransforms -r template -t {to}_desc-warp_xfm.nii.gz "
+                   f"-t {to}_desc-affine_xfm.mat (subject image to template)",
+        "Inverse": f"antsApplyTransforms -r subject -t [{to}_desc-affine_xfm.mat,1] "
+                   f"-t {back}_desc-warp_xfm.nii.gz (template image to subject)",
+        "Method": "Mattes mutual information, affine then SyN (ANTs), brain-masked perfusion "
+                  "baseline image to the template T1",
+        "BrainDice": normalisation["brain_dice"],
+        **common,
+    })
 
 
 WriteDerivatives = python.define(write_derivatives, outputs=["volumes"])

@@ -27,6 +27,7 @@ from strokeperf.interfaces.ctp import Deconvolve
 from strokeperf.interfaces.derivatives import WriteDerivatives
 from strokeperf.interfaces.dsc import (DiffusionCore, DSCConcentration, DSCLesions, LoadDiffusion,
                                        LoadDSC, MRInputFunctions, MRMasks)
+from strokeperf.interfaces.normalisation import NormaliseSession
 from strokeperf.interfaces.registration import CoregisterDiffusion, MotionCorrect
 
 
@@ -74,10 +75,15 @@ def DSCSession(session: dict, output_dir: str, run_id: str, config: dict) -> Fil
                                      vessel_cbv=config["vessel_cbv"],
                                      age=session.get("age"), nihss=session.get("nihss"),
                                      motion=motion.motion))
+    norm = workflow.add(NormaliseSession(session=session, reference_image=masks.s0,
+                                         brain_mask=masks.brain_mask,
+                                         lesion_maps=lesion.lesion_maps,
+                                         enabled=config.get("normalise", False)))
     sink = workflow.add(WriteDerivatives(
         session=session, output_dir=output_dir, run_id=run_id, maps=maps.perfusion_maps,
         lesion_maps=lesion.lesion_maps, brain_mask=masks.brain_mask, csf_mask=masks.csf_mask,
         aif_mask=inputs.aif_mask, vof_mask=inputs.vof_mask, input_functions=inputs.input_functions,
         results=lesion.results, parameters=config, motion=motion.motion,
+        normalisation=norm.normalisation,
         diffusion=core.diffusion))
     return sink.volumes

@@ -1,0 +1,80 @@
+"""pydra task of the optional spatial normalisation: a session's lesion masks to template space
+(:func:`strokeperf.registration.normalise_to_template`). Paths in, stage functions, paths out.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from fileformats.generic import File
+from pydra.compose import python
+
+from strokeperf import registration
+from strokeperf.errors import DataError, InputError
+from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array
+from strokeperf.lesion_frequency import LESION_LABELS, SIDE_LABEL, TEMPLATE_SPACE, template_side
+
+#: Work-file stem of each lesion mask (``core_mask.nii``, ``tmax6_mask.nii``) -> its label.
+LABEL_OF_STEM = {f"{label.lower()}_mask": label for label in LESION_LABELS}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean masks (Dice 1945); 1.0 when both are empty."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
+
+
+@records_failure
+def normalise_session(session: dict, reference_image: File, brain_mask: File,
+                      lesion_maps: list[File], enabled: bool = False) -> dict:
+    """Register the session's reference image to the template and warp its lesion masks there.
+
+    ``reference_image`` is the DSC pre-contrast mean (S0) or the motion-corrected CTP series, whose
+    temporal median (the image the CT brain mask was drawn on) is used. ``enabled`` False returns
+    ``{"enabled": False}`` without work: normalisation is an option.
+
+    Returns a JSON-able record: the ANTs transform files (``affine_file``, ``warp_file``,
+    ``inverse_warp_file``), template-space masks per label (``masks``), the template hemisphere of
+    the Tmax > 6 s lesion (``affected_side``), the Dice overlap of the warped brain mask with the
+    template's (``brain_dice``, a registration quality figure) and ``seconds``.
+    """
+    if not enabled:
+        return {"enabled": False}
+    image, affine = load_array(reference_image)
+    if image.ndim == 4:
+        image = np.median(image, axis=3)
+    brain = load_mask(brain_mask)
+    started = time.perf_counter()
+    try:
+        transforms, _ = registration.normalise_to_template(image, affine, brain,
+                                                           out_dir=Path.cwd() / "template")
+    except DataError as exc:
+        raise InputError(session["perfusion_file"], f"normalisation to the template failed: {exc}") \
+            from exc
+    t_affine = transforms.template_affine
+    masks = {}
+    for path in lesion_maps:
+        label = LABEL_OF_STEM.get(Path(path).name.split(".")[0])
+        if label is not None:
+            warped = registration.warp_mask_to_template(load_mask(path), affine, transforms)
+            masks[label] = str(save_array(f"template_{label}_mask.nii", warped, t_affine, np.uint8))
+    _, template_brain, _ = registration.load_template()
+    warped_brain = registration.warp_mask_to_template(brain, affine, transforms)
+    side = template_side(load_mask(masks[SIDE_LABEL]), t_affine) if SIDE_LABEL in masks else None
+    return {
+        "enabled": True,
+        "space": TEMPLATE_SPACE,
+        "affine_file": transforms.affine_file,
+        "warp_file": transforms.warp_file,
+        "inverse_warp_file": transforms.inverse_warp_file,
+        "masks": masks,
+        "affected_side": side,
+        "brain_dice": round(dice(warped_brain, template_brain), 4),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+NormaliseSession = python.define(normalise_session, outputs=["normalisation"])

@@ -1,0 +1,135 @@
+"""Lesion-frequency maps of a cohort in template space (group level, with ``--normalise``).
+
+With spatial normalisation on, every session's core and Tmax masks are warped to the ICBM152 2009a
+template that nilearn ships (asymmetric, release a: TemplateFlow's ``MNI152NLin2009aAsym``, 2 mm;
+Fonov et al. 2011, NeuroImage 54:313). The group step averages them voxel by voxel, per modality and
+lesion label: the value of a voxel is the fraction of the cohort's successful, normalised sessions
+whose lesion covers it, the lesion overlap map of lesion-mapping studies (Rorden & Karnath 2004, Nat
+Rev Neurosci 5:813). The hemisphere of each session's Tmax > 6 s lesion is read in template space,
+where the midline is the same for every session.
+
+Naming (the group files sit beside ``group_perfusion.tsv``)::
+
+    sub-P[/ses-S]/perf/<prefix>_space-MNI152NLin2009aAsym_res-2_desc-<mod><Label>_mask.nii.gz
+    group_space-MNI152NLin2009aAsym_res-2_label-<Label>_desc-<mod>_probseg.nii.gz (+ .json)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from strokeperf import io
+
+#: TemplateFlow identifier of nilearn's ICBM152 2009a template, and the resolution used (mm).
+TEMPLATE_SPACE = "MNI152NLin2009aAsym"
+TEMPLATE_RESOLUTION_MM = 2
+#: Lesion labels warped to the template and mapped at group level (mask labels of the derivatives).
+LESION_LABELS = ("Core", "Tmax4", "Tmax6", "Tmax8", "Tmax10")
+#: The label whose hemisphere is reported as the session's affected side (as in the group table).
+SIDE_LABEL = "Tmax6"
+_SPACE = f"space-{TEMPLATE_SPACE}_res-{TEMPLATE_RESOLUTION_MM}"
+
+
+def template_mask_name(prefix: str, modality: str, label: str) -> str:
+    """File name of a session's lesion mask in template space."""
+    return f"{prefix}_{_SPACE}_desc-{modality}{label}_mask.nii.gz"
+
+
+def frequency_name(modality: str, label: str) -> str:
+    """File name of the cohort's lesion-frequency map of one modality and label."""
+    return f"group_{_SPACE}_label-{label}_desc-{modality}_probseg.nii.gz"
+
+
+def lesion_frequency(masks) -> tuple[np.ndarray, int]:
+    """Voxel-wise fraction of ``masks`` (an iterable of equally shaped boolean arrays) that are set.
+
+    The masks are summed one at a time, so memory stays at two template volumes however large the
+    cohort. Returns ``(fraction float32 in [0, 1], number of masks)``; ``(None, 0)`` without masks.
+    """
+    total, n = None, 0
+    for mask in masks:
+        m = np.asarray(mask, dtype=bool)
+        if total is None:
+            total = np.zeros(m.shape, dtype=np.int32)
+        elif m.shape != total.shape:
+            raise ValueError(f"lesion masks differ in shape: {m.shape} vs {total.shape}")
+        total += m
+        n += 1
+    if total is None:
+        return None, 0
+    return (total / n).astype(np.float32), n
+
+
+def template_side(mask: np.ndarray, template_affine: np.ndarray) -> str | None:
+    """``"L"``/``"R"``: the template hemisphere holding most of a template-space lesion (None if
+    empty). The template's midline is the MNI plane x = 0 (RAS: negative x is the left)."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return None
+    x = np.argwhere(mask) @ np.asarray(template_affine)[0, :3] + np.asarray(template_affine)[0, 3]
+    return "R" if np.count_nonzero(x > 0) > np.count_nonzero(x < 0) else "L"
+
+
+def _perf_dir(output_dir: Path, participant_id: str, session_id: str) -> Path:
+    out = output_dir / participant_id
+    if session_id and session_id != "n/a":
+        out /= session_id
+    return out / "perf"
+
+
+def session_template_masks(output_dir, table: pd.DataFrame, modality: str, label: str) -> list[Path]:
+    """Template-space ``label`` masks of the table's successful ``modality`` sessions, in table order
+    (sessions that were not normalised have none and are left out)."""
+    output_dir = Path(output_dir)
+    found = []
+    rows = table[(table["modality"] == modality) & (table["status"] == "ok")]
+    for _, r in rows.iterrows():
+        pattern = f"*_{_SPACE}_desc-{modality}{label}_mask.nii.gz"
+        found += sorted(_perf_dir(output_dir, r["participant_id"], str(r["session_id"])).glob(pattern))
+    return found
+
+
+def write_frequency_maps(output_dir, table: pd.DataFrame) -> list[dict]:
+    """Write the cohort's lesion-frequency maps (one per modality and label) into ``output_dir``.
+
+    Returns one record per map for the cohort report: ``modality``, ``label``, ``path``, ``n``
+    (sessions averaged) and ``sides`` (count of sessions per template hemisphere of their Tmax > 6 s
+    lesion: ``L``, ``R``, ``none``). Maps of an earlier run that no longer have sessions are removed,
+    so that the files present always describe the current table.
+    """
+    output_dir = Path(output_dir)
+    records, written = [], set()
+    for modality in sorted(table["modality"].unique()) if len(table) else []:
+        side_files = session_template_masks(output_dir, table, modality, SIDE_LABEL)
+        sides = {"L": 0, "R": 0, "none": 0}
+        for path in side_files:
+            img = nib.load(str(path))
+            sides[template_side(np.asarray(img.dataobj) > 0, img.affine) or "none"] += 1
+        for label in LESION_LABELS:
+            files = session_template_masks(output_dir, table, modality, label)
+            if not files:
+                continue
+            affine = nib.load(str(files[0])).affine
+            fraction, n = lesion_frequency(np.asarray(nib.load(str(p)).dataobj) > 0 for p in files)
+            path = output_dir / frequency_name(modality, label)
+            io.write_nifti(path, fraction, affine)
+            io.write_json(path.with_name(path.name.replace(".nii.gz", ".json")), {
+                "Description": f"Fraction of the {n} normalised {modality} session(s) whose "
+                               f"{label} lesion covers each template voxel",
+                "Units": "fraction of sessions",
+                "Space": TEMPLATE_SPACE,
+                "Sessions": [str(p.relative_to(output_dir)) for p in files],
+                "AffectedSide": sides,
+            })
+            written.add(path.name)
+            records.append({"modality": modality, "label": label, "path": path, "n": n,
+                            "sides": dict(sides)})
+    for stale in output_dir.glob(f"group_{_SPACE}_label-*_probseg.*"):
+        if stale.name.replace(".json", ".nii.gz") not in written:
+            stale.unlink()
+    return records
+
