@@ -13,6 +13,7 @@ The pipeline runs in a subprocess so that its peak memory is measured alone.
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import subprocess
 import sys
@@ -36,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--worker", default="cf", choices=["cf", "debug"])
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument("--keep", type=Path, help="keep the dataset and outputs in this folder")
+    p.add_argument("--normalise", action="store_true",
+                   help="also normalise to the template (prints the normalisation time)")
     args = p.parse_args(argv)
 
     from strokeperf.phantom import PhantomConfig, generate_dataset, read_truth
@@ -53,6 +56,8 @@ def main(argv=None) -> int:
     out, work = root / "out", root / "work"
     cmd = [sys.executable, "-m", "strokeperf.cli", str(bids), str(out), "participant",
            "-w", str(work), "--worker", args.worker, "--nprocs", str(args.nprocs)]
+    if args.normalise:
+        cmd.append("--normalise")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -68,6 +73,11 @@ def main(argv=None) -> int:
           f"{voxels / wall:,.0f} voxels/s end to end")
     print(f"peak resident memory of the largest pipeline process: {peak_children_mb:,.0f} MB")
 
+    if args.normalise:
+        sidecar = json.loads(next(out.glob("sub-bench/perf/*_volumes.json")).read_text())
+        norm = sidecar["Normalisation"]
+        print(f"normalisation to {norm['Space']}: {norm['Seconds']:.1f} s, brain Dice "
+              f"{norm['BrainDice']:.3f}")
     table = pd.read_csv(out / "group_perfusion.tsv", sep="\t", dtype=str, keep_default_na=False)
     truth = read_truth(bids)
     truth = truth[truth["modality"] == "ctp"].iloc[0]
