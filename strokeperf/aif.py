@@ -21,16 +21,28 @@ The fraction filters 3 and 4 never leave fewer than ``n_voxels`` candidates.
 
 The ``n_voxels`` survivors with the highest peak per width (steep, narrow boluses) are averaged.
 
-MR (DSC delta-R2*, :func:`select_mr_aif`): before the rules above, candidates must keep a usable
-signal throughout the bolus. Arterial blood concentrations drive the gradient-echo signal towards
-the noise floor, where the Rician magnitude no longer follows the signal (Gudbjartsson & Patz 1995,
-Magn Reson Med 34:910) and the measured delta-R2* peak is truncated and noisy; voxels with a low
-baseline signal (partial volume with bone or air, susceptibility dropout) reach the floor first.
-Both saturate the AIF peak and overestimate CBF (Calamante 2013, Prog Nucl Magn Reson Spectrosc
-74:1; Kjolby et al. 2006, Magn Reson Med 56:187 on the non-linear and saturating arterial
-delta-R2*). A voxel is excluded when its baseline signal is below ``MR_MIN_S0_FRACTION`` of the
-median baseline of the search region, or its lowest signal falls below ``MR_NOISE_FLOOR_SNR`` noise
-SDs. Among the survivors, the CT rules prefer early, narrow, high curves (Mouridsen et al. 2006).
+MR (DSC delta-R2*, :func:`select_mr_aif`): the gradient-echo signal of arterial blood falls as
+exp(-TE delta-R2*), so at the bolus peak it can reach the noise floor, where the Rician magnitude
+no longer follows the signal (Gudbjartsson & Patz 1995, Magn Reson Med 34:910) and delta-R2*
+is unmeasurable; the arterial blood delta-R2* is moreover larger and non-linear (Kjolby et al.
+2006, Magn Reson Med 56:187; Calamante 2013, Prog Nucl Magn Reson Spectrosc 74:1). Voxels with a
+low baseline signal (partial volume with bone or air, susceptibility dropout; below
+``MR_MIN_S0_FRACTION`` of the median S0 of the search region) are never candidates.
+
+- Unsaturated bolus: when no arterial voxel reaches the noise floor (``MR_NOISE_FLOOR_SNR`` noise
+  SDs), the arterial rules above run on the voxels whose signal stays above it.
+- Saturated bolus: every artery carries the same blood, so when the most arterial voxels reach the
+  noise floor, the voxels that stay above it hold only a fraction of blood. Their signal is the sum
+  of the blood and tissue signals, ``(1 - w) S_tissue + w exp(-TE C_a)``: once the blood signal
+  has vanished their delta-R2* is a plateau that follows the tissue curve, and it falls only when
+  ``exp(-TE C_a)`` returns near 1, so the "AIF" is broad and late (van Osch et al. 2001, Magn
+  Reson Med 45:477 on the partial-volume distortion of DSC input functions). The voxels that
+  reach the floor are the ones mostly filled with blood: they follow ``C_a`` up to the level
+  ``ln(S0 / floor) / TE``, and only the frames above it are lost. They are the candidates, their
+  curves censored at that level (the smallest level among the averaged voxels, so that the noise
+  of the floor never enters the average); the arterial rules then choose among them. The number
+  of censored frames is recorded (the peak height, and so CBF before the VOF scaling, is then a
+  lower bound; the timing that Tmax depends on is kept).
 
 VOF: the candidates peaking after the tissue with the largest area (the superior sagittal sinus is
 wide enough to be free of partial volume); ``n_voxels`` of them are averaged.
@@ -40,12 +52,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import nibabel as nib
 import numpy as np
 from scipy import optimize, special
 
 from strokeperf import kinetics
 from strokeperf.concentration import _smooth3, check_frame_times, detect_bolus
-from strokeperf.errors import DataError
+from strokeperf.errors import DataError, InputError
 
 #: Voxels averaged into the AIF. Mouridsen et al. 2006 average their final cluster of a few to
 #: ten voxels; more voxels lower the noise, fewer keep partial volume low.
@@ -81,6 +94,12 @@ MR_MIN_S0_FRACTION = 0.5
 #: Rician magnitude is biased by the noise and no longer tracks the true signal (Gudbjartsson &
 #: Patz 1995, Magn Reson Med 34:910), so delta-R2* saturates.
 MR_NOISE_FLOOR_SNR = 3.0
+#: MR AIF of a saturated bolus: candidates start to enhance within this time (s) of the earliest
+#: one. Arteries feeding normal tissue fill within about a second of each other; the sinus, the
+#: other vessel whose signal reaches the noise floor, fills only after the capillary bed, several
+#: seconds later (its censored onset is still 3 s late on the phantom, where the arteriovenous
+#: transit is the shortest of the range drawn). One 1.5-s frame, the usual DSC repetition time.
+MR_ARTERIAL_ONSET_WINDOW_S = 1.5
 #: Voxels per chunk when computing candidate features.
 FEATURE_CHUNK = 65536
 
@@ -113,6 +132,12 @@ class InputFunction:
         Area (concentration x s) of the fitted first-pass gamma variate integrated to infinity
         (free of recirculation and truncation); the trapezoid area of ``curve`` when the fit has
         R^2 < ``MIN_FIT_R2``.
+    censored_frames : int
+        MR only: frames at which ``curve`` is censored at ``censor_level`` because the arterial
+        signal reached the noise floor (0 when unsaturated).
+    censor_level : float
+        MR only: the delta-R2* (1/s) above which the arterial curve is not observed (NaN when no
+        frame is censored).
     """
 
     curve: np.ndarray
@@ -125,6 +150,8 @@ class InputFunction:
     quality: float
     complete: bool
     first_pass_area: float = np.nan
+    censored_frames: int = 0
+    censor_level: float = np.nan
 
 
 def _features(curves: np.ndarray, t: np.ndarray):
@@ -259,11 +286,11 @@ def _candidates(conc, frame_times, candidate_mask, exclude_mask):
 
 def select_aif(conc, frame_times, candidate_mask, n_voxels: int = AIF_N_VOXELS,
                exclude_mask=None, *, modality: str = "ct", signal=None,
-               baseline_end: int | None = None) -> InputFunction:
+               baseline_end: int | None = None, echo_time: float | None = None) -> InputFunction:
     """Select and average arterial voxels (see the module docstring for the criteria).
 
-    ``modality="mr"`` applies the DSC rules first (:func:`select_mr_aif`; needs ``signal`` and
-    ``baseline_end``); ``"ct"`` (default) uses the rules alone.
+    ``modality="mr"`` applies the DSC rules first (:func:`select_mr_aif`; needs ``signal``,
+    ``baseline_end`` and ``echo_time``); ``"ct"`` (default) uses the rules alone.
 
     Parameters
     ----------
@@ -282,6 +309,8 @@ def select_aif(conc, frame_times, candidate_mask, n_voxels: int = AIF_N_VOXELS,
         DSC magnitude series (``modality="mr"`` only).
     baseline_end : int, optional
         Frames ``[0, baseline_end)`` are pre-contrast (``modality="mr"`` only).
+    echo_time : float, optional
+        Echo time, s (``modality="mr"`` only).
 
     Raises
     ------
@@ -289,9 +318,10 @@ def select_aif(conc, frame_times, candidate_mask, n_voxels: int = AIF_N_VOXELS,
         When no voxel passes the arterial criteria.
     """
     if modality == "mr":
-        if signal is None or baseline_end is None:
-            raise ValueError("select_aif(modality='mr') needs the DSC signal and baseline_end")
-        return select_mr_aif(conc, frame_times, candidate_mask, signal, baseline_end,
+        if signal is None or baseline_end is None or echo_time is None:
+            raise ValueError("select_aif(modality='mr') needs the DSC signal, baseline_end and "
+                             "echo_time")
+        return select_mr_aif(conc, frame_times, candidate_mask, signal, baseline_end, echo_time,
                              n_voxels=n_voxels, exclude_mask=exclude_mask)
     if modality != "ct":
         raise ValueError(f"modality must be 'ct' or 'mr', not {modality!r}")
@@ -329,15 +359,12 @@ def _select_arterial(conc, frame_times, candidate_mask, n_voxels, exclude_mask,
     return _input_function(flat, index[np.sort(best)], np.asarray(conc).shape[:3], t)
 
 
-def mr_unsaturated(signal, baseline_end: int, candidate_mask) -> np.ndarray:
-    """Voxels of a DSC series whose signal stays usable through the bolus (module docstring).
+def _mr_signal_stats(signal, baseline_end: int, candidate_mask):
+    """Per-voxel baseline S0, lowest signal, and the noise SD of a DSC series in ``candidate_mask``.
 
-    Noise SD: median over ``candidate_mask`` of each voxel's temporal SD over the baseline frames
-    (thermal noise is nearly uniform in space; physiological fluctuation only makes the rule
-    stricter). A voxel passes when its mean baseline S0 is at least ``MR_MIN_S0_FRACTION`` of the
-    median S0 in the mask and its minimum signal is at least ``MR_NOISE_FLOOR_SNR`` noise SDs.
-
-    Returns (X, Y, Z) bool, False outside ``candidate_mask``.
+    Noise SD: median over the mask of each voxel's temporal SD over the baseline frames (thermal
+    noise is nearly uniform in space; physiological fluctuation only makes the rules stricter).
+    Returns ``(index, s0, s_min, noise_sd)`` with ``index`` the flat indices of the mask.
     """
     s = np.asarray(signal)
     mask = np.asarray(candidate_mask, dtype=bool)
@@ -348,10 +375,7 @@ def mr_unsaturated(signal, baseline_end: int, candidate_mask) -> np.ndarray:
     if not 2 <= baseline_end < s.shape[3]:
         raise DataError(f"MR AIF rules need 2 to {s.shape[3] - 1} baseline frames, got "
                         f"{baseline_end}")
-    out = np.zeros(mask.shape, dtype=bool)
     index = np.flatnonzero(mask)
-    if index.size == 0:
-        return out
     flat = s.reshape(-1, s.shape[3])
     s0 = np.empty(index.size)
     sd = np.empty(index.size)
@@ -362,29 +386,107 @@ def mr_unsaturated(signal, baseline_end: int, candidate_mask) -> np.ndarray:
         s0[part] = rows[:, :baseline_end].mean(axis=1)
         sd[part] = rows[:, :baseline_end].std(axis=1, ddof=1)
         s_min[part] = rows.min(axis=1)
-    noise = float(np.median(sd))
-    ok = (s0 >= MR_MIN_S0_FRACTION * float(np.median(s0))) & (s_min >= MR_NOISE_FLOOR_SNR * noise)
-    out.ravel()[index] = ok
+    noise = float(np.median(sd)) if index.size else np.nan
+    return index, s0, s_min, noise
+
+
+def mr_unsaturated(signal, baseline_end: int, candidate_mask) -> np.ndarray:
+    """Voxels of a DSC series whose signal stays usable through the bolus (module docstring).
+
+    A voxel passes when its mean baseline S0 is at least ``MR_MIN_S0_FRACTION`` of the median S0
+    in the mask and its minimum signal is at least ``MR_NOISE_FLOOR_SNR`` noise SDs.
+
+    Returns (X, Y, Z) bool, False outside ``candidate_mask``.
+    """
+    index, s0, s_min, noise = _mr_signal_stats(signal, baseline_end, candidate_mask)
+    out = np.zeros(np.shape(candidate_mask), dtype=bool)
+    if index.size:
+        usable = s0 >= MR_MIN_S0_FRACTION * float(np.median(s0))
+        out.ravel()[index] = usable & (s_min >= MR_NOISE_FLOOR_SNR * noise)
     return out
 
 
 def select_mr_aif(conc, frame_times, candidate_mask, signal, baseline_end: int,
-                  n_voxels: int = AIF_N_VOXELS, exclude_mask=None) -> InputFunction:
-    """DSC-MRI AIF: the arterial rules restricted to unsaturated voxels (:func:`mr_unsaturated`).
+                  echo_time: float, n_voxels: int = AIF_N_VOXELS,
+                  exclude_mask=None) -> InputFunction:
+    """DSC-MRI AIF (module docstring): the arterial rules on the voxels whose blood signal reaches
+    the noise floor, their delta-R2* censored there, when any arterial voxel does; else on the
+    voxels whose signal stays above the floor (:func:`mr_unsaturated`).
 
     Parameters as :func:`select_aif`; ``conc`` is delta-R2* (1/s), ``signal`` the magnitude series
-    it was computed from, ``baseline_end`` the number of pre-contrast frames.
+    it was computed from, ``baseline_end`` the number of pre-contrast frames, ``echo_time`` in s.
 
     Raises
     ------
     DataError
-        When no unsaturated voxel passes the arterial criteria.
+        When no usable voxel passes the arterial criteria.
     """
-    allowed = mr_unsaturated(signal, baseline_end, candidate_mask)
-    if not allowed.any():
+    if not (np.isfinite(echo_time) and echo_time > 0):
+        raise DataError(f"MR AIF rules need a positive echo time, got {echo_time}")
+    index, s0, s_min, noise = _mr_signal_stats(signal, baseline_end, candidate_mask)
+    shape = np.shape(candidate_mask)
+    usable = np.zeros(shape, dtype=bool)
+    floored = np.zeros(shape, dtype=bool)
+    level = np.full(shape, np.nan)
+    if index.size:
+        ok_s0 = s0 >= MR_MIN_S0_FRACTION * float(np.median(s0))
+        floor = MR_NOISE_FLOOR_SNR * noise
+        usable.ravel()[index] = ok_s0 & (s_min >= floor)
+        floored.ravel()[index] = ok_s0 & (s_min < floor)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            level.ravel()[index] = np.log(s0 / floor) / echo_time
+    if floored.any():
+        try:
+            return _select_censored(conc, frame_times, candidate_mask, n_voxels, exclude_mask,
+                                    floored, level)
+        except DataError:
+            pass  # the floored voxels are not arterial (sinus, noise): no saturated artery
+    if not usable.any():
         raise DataError("no usable arterial input function: every candidate voxel has a low "
                         "baseline signal or reaches the noise floor during the bolus")
-    return _select_arterial(conc, frame_times, candidate_mask, n_voxels, exclude_mask, allowed)
+    return _select_arterial(conc, frame_times, candidate_mask, n_voxels, exclude_mask, usable)
+
+
+def _select_censored(conc, frame_times, candidate_mask, n_voxels, exclude_mask, floored,
+                     level) -> InputFunction:
+    """Arterial rules on the ``floored`` voxels with their curves censored at ``level`` (1/s)."""
+    conc = np.asarray(conc)
+    flat, index, t = _candidates(conc, frame_times, candidate_mask, exclude_mask)
+    if index.size == 0:
+        raise DataError("no usable arterial input function: the search mask is empty")
+    tissue = _brain_curve(flat, index)
+    tissue_peak = float(np.max(tissue))
+    tissue_ttp = float(t[np.argmax(_smooth3(tissue))])
+    rows = index[floored.ravel()[index]]
+    levels = level.ravel()[rows]
+    curves = np.minimum(flat[rows].astype(np.float64), levels[:, None])
+    peak, ttp, m1, width, _, dip, _ = _features(curves, t)
+    ok = (peak >= AIF_MIN_PEAK_RATIO * tissue_peak) & (ttp < tissue_ttp) & (dip <= MAX_NEGATIVE_DIP)
+    ok &= np.isfinite(m1) & (width > 0) & np.isfinite(levels)
+    if not ok.any():
+        raise DataError("no saturated arterial voxel")
+    # No roughness filter: censoring removed the noisy floor frames, and the sharp edges of a
+    # censored artery would rank it rougher than the more dispersed sinus.
+    # Censored curves all peak at about their level, so peak time and width no longer tell arteries
+    # from the (also saturated) sinus; the bolus onset does: veins fill after the capillary bed.
+    onset = np.full(rows.size, np.inf)
+    for i in np.flatnonzero(ok):
+        onset[i] = detect_bolus(curves[i], t).arrival_s
+    ok &= np.isfinite(onset)
+    if not ok.any():
+        raise DataError("no saturated arterial voxel")
+    ok &= onset <= onset[ok].min() + MR_ARTERIAL_ONSET_WINDOW_S
+    survivors = np.flatnonzero(ok)
+    # The highest censoring levels are the voxels with most blood signal: they follow C_a furthest.
+    best = np.sort(survivors[np.argsort(-levels[survivors], kind="stable")[:n_voxels]])
+    common = float(levels[best].min())
+    chosen = np.minimum(flat[rows[best]].astype(np.float64), common)
+    out = _input_function(chosen, np.arange(best.size), (best.size,), t)
+    out.voxels = np.column_stack(np.unravel_index(rows[best], conc.shape[:3])).astype(int)
+    # A frame is censored when most of the averaged voxels sit at the common level.
+    out.censored_frames = int(np.sum(np.mean(chosen >= common, axis=0) > 0.5))
+    out.censor_level = common
+    return out
 
 
 def select_vof(conc, frame_times, candidate_mask, aif: InputFunction,
@@ -442,3 +544,62 @@ def scale_aif_by_vof(aif: InputFunction, vof: InputFunction | None):
         return curve.copy(), 1.0
     factor = a_vof / a_aif
     return curve * factor, factor
+
+
+def aif_from_mask(conc, frame_times, mask) -> InputFunction:
+    """The AIF as the mean concentration curve of user-chosen voxels (issue 3: an AIF given as a
+    mask, e.g. a previous run's ``desc-<mod>AIF_mask`` edited by hand).
+
+    No selection rule is applied: the user's voxels are taken as they are. The curve must still
+    show a bolus (:func:`strokeperf.concentration.detect_bolus`: a peak above the baseline noise
+    followed by a downslope), since deconvolution with a flat or noise-only curve is meaningless.
+
+    Parameters
+    ----------
+    conc : ndarray (X, Y, Z, T)
+        Concentration, baseline 0 (delta-HU or delta-R2*).
+    frame_times : array_like (T,)
+        Seconds.
+    mask : ndarray (X, Y, Z)
+        Non-zero at the AIF voxels.
+
+    Raises
+    ------
+    DataError
+        The mask does not match the series' grid, is empty, or its mean curve shows no bolus.
+    """
+    conc = np.asarray(conc)
+    mask = np.asarray(mask)
+    if conc.ndim != 4 or mask.shape != conc.shape[:3]:
+        raise DataError(f"AIF mask has shape {mask.shape}, the perfusion series {conc.shape[:3]}")
+    mask = mask != 0
+    t = check_frame_times(frame_times, conc.shape[-1])
+    index = np.flatnonzero(mask)
+    if index.size == 0:
+        raise DataError("AIF mask is empty (no non-zero voxel)")
+    flat = conc.reshape(-1, conc.shape[-1])
+    aif = _input_function(flat, index, conc.shape[:3], t)
+    timing = detect_bolus(aif.curve, t)
+    if not timing.captured:
+        raise DataError(f"the mean curve of the {index.size} AIF mask voxels shows no usable "
+                        f"bolus: {timing.reason}")
+    return aif
+
+
+def read_aif_mask(path, shape, affine) -> np.ndarray:
+    """Read a user AIF mask (NIfTI) that must lie on the perfusion grid (``shape``, ``affine``).
+
+    Returns a boolean (X, Y, Z) array. Raises :class:`strokeperf.errors.InputError` naming ``path``
+    when the file cannot be read or its grid differs (shape, or affine beyond 1e-3 mm).
+    """
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
+        raise InputError(path, f"cannot read the AIF mask: {exc}") from exc
+    data = np.squeeze(data) if data.ndim > 3 else data
+    if data.shape != tuple(shape) or not np.allclose(img.affine, affine, atol=1e-3):
+        raise InputError(path, f"AIF mask grid {data.shape} does not match the perfusion series "
+                               f"grid {tuple(shape)} (shape and affine must be identical; use the "
+                               f"AIF mask written by strokeperf for this session as a template)")
+    return data != 0

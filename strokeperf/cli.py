@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -86,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                       default=None, help="skip rigid motion correction of the perfusion series")
     meth.add_argument("--leakage-correction", action="store_true", default=None,
                       help="DSC: Boxerman-Schmainda-Weisskoff leakage correction")
+    meth.add_argument("--aif-mask-dir", type=Path, metavar="DIR",
+                      help="take a session's AIF from DIR/sub-P[/ses-S]/perf/"
+                           "<prefix>_desc-<ctp|dsc>AIF_mask.nii.gz when it exists (e.g. an edited "
+                           "earlier output); automatic selection otherwise")
     meth.add_argument("--normalise", action="store_true", default=None,
                       help="also warp each session's lesion masks to the ICBM152 2009a template "
                            "(MNI152NLin2009aAsym, 2 mm; about 10 s per session) and build the "
@@ -172,6 +177,17 @@ def _check_slurm_args(slurm_args: str) -> None:
                               "each job's output and error files itself")
 
 
+def _add_user_aif_mask(record: dict, aif_mask_dir: str | None) -> None:
+    """Name the session's user AIF mask (``--aif-mask-dir``) and its content digest in the
+    session record, so that editing the mask re-runs the session instead of reusing the cache."""
+    from strokeperf.interfaces.ctp import user_aif_mask_path
+
+    path = user_aif_mask_path(aif_mask_dir, record)
+    if path is not None:
+        record["aif_mask_file"] = str(path)
+        record["aif_mask_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def run_participant(args) -> int:
     _check_slurm_args(args.slurm_args)
     bids_dir, output_dir = args.bids_dir.resolve(), args.output_dir.resolve()
@@ -181,7 +197,8 @@ def run_participant(args) -> int:
         denoise_fwhm_mm=args.denoise_fwhm_mm, core_rcbf=args.core_rcbf, core_adc=args.core_adc,
         tmax_thresholds=args.tmax_thresholds, min_cluster_ml=args.min_cluster_ml,
         vessel_cbv=args.vessel_cbv, motion_correction=args.motion_correction,
-        leakage_correction=args.leakage_correction, normalise=args.normalise)
+        leakage_correction=args.leakage_correction, normalise=args.normalise,
+        aif_mask_dir=None if args.aif_mask_dir is None else str(args.aif_mask_dir))
     sessions = inputs.discover_sessions(bids_dir, args.participant_label, args.session_label)
     participants = _read_participants(bids_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +207,8 @@ def run_participant(args) -> int:
     os.environ[io.STAGING_ENV] = str(work_dir / "staging")
     write_dataset_description(output_dir)
     records = [_session_record(s, work_dir, participants) for s in sessions]
+    for r in records:
+        _add_user_aif_mask(r, parameters.aif_mask_dir)
     for r in records:
         Path(r["failure_file"]).unlink(missing_ok=True)
     started = time.time()

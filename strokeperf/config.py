@@ -47,6 +47,9 @@ class Parameters:
     motion_correction: bool = True
     #: DSC only: Boxerman-Schmainda-Weisskoff contrast-leakage correction of delta-R2*.
     leakage_correction: bool = False
+    #: Directory laid out like strokeperf's output: a session's ``desc-<mod>AIF_mask`` found there
+    #: replaces the automatic AIF (``--aif-mask-dir``).
+    aif_mask_dir: str | None = None
     #: Spatial normalisation to the ICBM152 2009a template (``--normalise``): lesion masks in template
     #: space, transforms, and the cohort's lesion-frequency maps. Off by default (about 10 s/session).
     normalise: bool = False
@@ -66,6 +69,10 @@ class Parameters:
         for name in ("motion_correction", "leakage_correction", "normalise"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.aif_mask_dir is not None:
+            if not Path(self.aif_mask_dir).is_dir():
+                raise MissingInputError(self.aif_mask_dir, "AIF mask directory not found")
+            self.aif_mask_dir = str(Path(self.aif_mask_dir).resolve())
         if self.min_cluster_ml < 0 or self.denoise_fwhm_mm < 0 or self.vessel_cbv <= 0:
             raise ConfigError("min_cluster_ml and denoise_fwhm_mm must be >= 0, vessel_cbv > 0")
         return self

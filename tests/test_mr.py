@@ -100,7 +100,7 @@ def test_leakage_correction_rejects_a_flat_reference():
 TE = 0.03
 
 
-def dsc_volume(seed):
+def dsc_volume(seed, saturated_arteries=True):
     """DSC signal with tissue, good arteries (full S0, unsaturated), saturated arteries (the same
     bolus at twice the concentration: signal in the noise floor at the peak) and low-S0 junk
     (partial volume with bone: S0 x 0.25, noisy and floored)."""
@@ -121,7 +121,7 @@ def dsc_volume(seed):
     flat_r2 = r2s.reshape(-1, T.size)
     flat_s0 = s0.ravel()
     flat_r2[good] = aif_true
-    flat_r2[saturated] = 2.6 * aif_true
+    flat_r2[saturated] = 2.6 * aif_true if saturated_arteries else tissue
     flat_r2[junk] = 1.3 * aif_true
     flat_s0[junk] = 25.0
     sigma = 100.0 / 40.0
@@ -138,20 +138,41 @@ def dsc_volume(seed):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_mr_aif_picks_unsaturated_arteries(seed):
+    signal, brain, aif_true, (good, _, junk) = dsc_volume(seed, saturated_arteries=False)
+    baseline_end = 5
+    conc = concentration.dsc_concentration(signal, TE, baseline_end)
+    chosen = aif_stage.select_aif(conc, T, brain, n_voxels=6, modality="mr", signal=signal,
+                                  baseline_end=baseline_end, echo_time=TE)
+    picked = np.zeros(brain.shape, bool)
+    picked[tuple(chosen.voxels.T)] = True
+    assert np.all(good[picked])
+    assert chosen.censored_frames == 0
+    assert chosen.peak == pytest.approx(aif_true.max(), rel=0.15)
+    # the trap: without the MR rules, the noisy low-S0 junk voxels are chosen
+    ct_rules = aif_stage.select_aif(conc, T, brain, n_voxels=6)
+    ct_picked = np.zeros(brain.shape, bool)
+    ct_picked[tuple(ct_rules.voxels.T)] = True
+    assert np.any(junk[ct_picked])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mr_aif_of_a_saturated_bolus_is_censored_not_partial_volume(seed):
+    """When arterial voxels reach the noise floor, the arteries' blood signal vanishes at the
+    peak: the AIF is the censored curve of those voxels, which follows the true curve below the
+    censoring level (the unsaturated voxels are taken as partial volume)."""
     signal, brain, aif_true, (good, saturated, junk) = dsc_volume(seed)
     baseline_end = 5
     conc = concentration.dsc_concentration(signal, TE, baseline_end)
     chosen = aif_stage.select_aif(conc, T, brain, n_voxels=6, modality="mr", signal=signal,
-                                  baseline_end=baseline_end)
+                                  baseline_end=baseline_end, echo_time=TE)
     picked = np.zeros(brain.shape, bool)
     picked[tuple(chosen.voxels.T)] = True
-    assert np.all(good[picked])
-    assert chosen.peak == pytest.approx(aif_true.max(), rel=0.15)
-    # the trap: without the MR rules, saturated or junk voxels are chosen
-    ct_rules = aif_stage.select_aif(conc, T, brain, n_voxels=6)
-    ct_picked = np.zeros(brain.shape, bool)
-    ct_picked[tuple(ct_rules.voxels.T)] = True
-    assert np.any((saturated | junk)[ct_picked])
+    assert np.all(saturated[picked])
+    assert chosen.censored_frames >= 2
+    truth = 2.6 * aif_true
+    below = (truth > 5.0) & (truth < 0.7 * chosen.censor_level)
+    np.testing.assert_allclose(chosen.curve[below], truth[below], rtol=0.2, atol=3.0)
+    assert chosen.curve.max() <= chosen.censor_level + 1e-9
 
 
 def test_mr_unsaturated_flags_floor_and_low_baseline():

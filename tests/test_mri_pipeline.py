@@ -83,9 +83,6 @@ def test_adc_core_matches_truth(mri):
                                                       abs=0.02)
 
 
-@pytest.mark.xfail(strict=True, reason="DSC Tmax is read about 2 s early on the phantom: the MR "
-                                       "AIF (unsaturated, partial-volume voxels) is broadened; "
-                                       "see the issue-4 report")
 def test_tmax6_volume_matches_truth(mri):
     _, table, truth = mri
     got, want = table.loc[("sub-m61", "dsc")], truth.loc["sub-m61"]

@@ -84,20 +84,66 @@ def ct_concentration(session: dict, ctp_file: File, frame_times: list, bolus: di
 @records_failure
 def input_functions(session: dict, concentration_file: File, frame_times: list,
                     vessel_search_mask: File, brain_mask: File) -> tuple[File, File, File]:
-    """Automatic AIF and VOF; the AIF is scaled to the VOF's area to undo partial volume."""
+    """AIF (the user's mask ``session["aif_mask_file"]`` when there is one, else automatic) and
+    VOF; the AIF is scaled to the VOF's area to undo partial volume."""
     conc, affine = load_array(concentration_file)
     search = load_mask(vessel_search_mask)
     times = np.asarray(frame_times, dtype=float)
-    try:
-        aif = aif_stage.select_aif(conc, times, search)
-    except DataError as exc:
-        raise InputError(_source(session), str(exc)) from exc
+    aif, source = user_aif(session, conc, times, affine, search)
+    if aif is None:
+        try:
+            aif = aif_stage.select_aif(conc, times, search)
+        except DataError as exc:
+            raise InputError(_source(session), str(exc)) from exc
     vof = aif_stage.select_vof(conc, times, search, aif)
-    return write_input_functions(aif, vof, times, conc.shape[:3], affine)
+    return write_input_functions(aif, vof, times, conc.shape[:3], affine, source)
 
 
-def write_input_functions(aif, vof, times: np.ndarray, shape, affine) -> tuple[Path, Path, Path]:
-    """Scale the AIF by the VOF; write the input-function record (JSON) and the voxel masks."""
+def user_aif_mask_path(aif_mask_dir: str | None, session: dict) -> Path | None:
+    """``DIR/sub-P[/ses-S]/perf/<prefix>_desc-<mod>AIF_mask.nii.gz`` if it exists (the AIF mask
+    strokeperf writes, so a previous run's output directory can be given as it is), else None."""
+    if not aif_mask_dir:
+        return None
+    from strokeperf.interfaces.derivatives import prefix_of, session_dir
+
+    path = (session_dir(aif_mask_dir, session)
+            / f"{prefix_of(session)}_desc-{session['modality']}AIF_mask.nii.gz")
+    return path if path.is_file() else None
+
+
+def user_aif(session: dict, conc: np.ndarray, times: np.ndarray, affine: np.ndarray,
+             search: np.ndarray):
+    """``(aif, source)``: the AIF of the session's user mask ``session["aif_mask_file"]`` (set by
+    the command line from ``--aif-mask-dir``, :func:`user_aif_mask_path`;
+    :func:`aif.aif_from_mask`) and
+    ``{"type": "mask", "file": path}``, or ``(None, {"type": "automatic"})`` without a mask.
+
+    Raises InputError naming the mask file when it does not fit the series, has voxels outside
+    the vessel search region ``search`` (brain + ``VESSEL_SEARCH_MARGIN_MM``, where concentration
+    curves are kept) or shows no bolus.
+    """
+    path = session.get("aif_mask_file")
+    if not path:
+        return None, {"type": "automatic"}
+    mask = aif_stage.read_aif_mask(path, conc.shape[:3], affine)
+    outside = int(np.count_nonzero(mask & ~search))
+    if outside:
+        raise InputError(path, f"{outside} of the {int(mask.sum())} AIF mask voxels lie outside "
+                               f"the brain plus {VESSEL_SEARCH_MARGIN_MM:g} mm, where no "
+                               f"concentration curve is computed")
+    try:
+        aif = aif_stage.aif_from_mask(conc, times, mask)
+    except DataError as exc:
+        raise InputError(path, str(exc)) from exc
+    return aif, {"type": "mask", "file": str(path)}
+
+
+def write_input_functions(aif, vof, times: np.ndarray, shape, affine,
+                          source: dict | None = None) -> tuple[Path, Path, Path]:
+    """Scale the AIF by the VOF; write the input-function record (JSON) and the voxel masks.
+
+    ``source``: how the AIF was obtained, ``{"type": "automatic"}`` (default) or ``{"type":
+    "mask", "file": path}`` (the user's mask)."""
     scaled, factor = aif.curve, 1.0
     if vof is not None:
         scaled, factor = aif_stage.scale_aif_by_vof(aif, vof)
@@ -113,6 +159,8 @@ def write_input_functions(aif, vof, times: np.ndarray, shape, affine) -> tuple[P
         "aif_voxels": np.asarray(aif.voxels).tolist(),
         "vof_voxels": None if vof is None else np.asarray(vof.voxels).tolist(),
         "vof_complete": None if vof is None else bool(vof.complete),
+        "aif_source": dict(source or {"type": "automatic"}),
+        "aif_censored_frames": int(getattr(aif, "censored_frames", 0)),
     }
     aif_path = Path.cwd() / "input_functions.json"
     aif_path.write_text(json.dumps(record, indent=1))

@@ -190,6 +190,7 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
         "tissue_hypoperfused": {"Description": "Mean concentration of tissue with Tmax > 6 s"},
         **{k: record[k] for k in ("partial_volume_factor", "aif_quality", "aif_arrival_s",
                                   "aif_ttp_s", "aif_fwhm_s", "vof_complete")},
+        "AIFSource": _aif_source(record),
         "Sources": sources,
     })
     row = tables.session_row(f"sub-{session['subject']}",
@@ -202,6 +203,7 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
         "Description": "Volumes, mismatch metrics and trial-eligibility profiles of this session",
         "Sources": sources, "Parameters": parameters, "ProfileRules": profile_rules(),
         "AIFQuality": record["aif_quality"],
+        "AIFSource": _aif_source(record),
         "QCFlags": {flag: qc_rule(flag) for flag in results.get("qc_flags", [])},
         **({"CoreMethod": core_method} if core_method else {}),
         **({"MotionCorrection": {"FramesExcluded": int(sum(motion["excluded"])),
@@ -220,6 +222,12 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(run_id)
     return volumes
+
+
+def _aif_source(record: dict) -> str:
+    """How the AIF was obtained: "automatic", or "mask: <file>" (``--aif-mask-dir``)."""
+    source = record.get("aif_source") or {"type": "automatic"}
+    return f"mask: {source['file']}" if source.get("type") == "mask" else "automatic"
 
 
 def _write_motion(path: Path, motion: dict, sources: list) -> Path:

@@ -19,7 +19,7 @@ from strokeperf.errors import DataError, InputError
 from strokeperf.inputs import Session, load_adc, load_dwi, load_perfusion
 from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array, voxel_size
 from strokeperf.interfaces.ctp import (VESSEL_SEARCH_MARGIN_MM, curves_and_qc, hypoperfusion,
-                                       session_results, write_input_functions)
+                                       session_results, user_aif, write_input_functions)
 
 #: QC flag of a DSC session without DWI or ADC: no core, so no mismatch and no profile.
 NO_DIFFUSION_FLAG = "no_diffusion"
@@ -101,21 +101,25 @@ def dsc_concentration(session: dict, dsc_file: File, frame_times: list, echo_tim
 
 @records_failure
 def mr_input_functions(session: dict, concentration_file: File, dsc_file: File, frame_times: list,
-                       bolus: dict, vessel_search_mask: File) -> tuple[File, File, File]:
-    """MR AIF (arterial rules on voxels whose signal stays above the noise floor) and VOF; the AIF
-    is scaled to the VOF's area."""
+                       echo_time: float, bolus: dict,
+                       vessel_search_mask: File) -> tuple[File, File, File]:
+    """MR AIF (the user's mask ``session["aif_mask_file"]`` when there is one, else
+    :func:`aif.select_mr_aif`: the most arterial voxels, censored at the noise floor when the
+    arterial signal reaches it) and VOF; the AIF is scaled to the VOF's area."""
     conc, affine = load_array(concentration_file)
-    signal, _ = load_array(dsc_file)
     search = load_mask(vessel_search_mask)
     times = np.asarray(frame_times, dtype=float)
-    try:
-        aif = aif_stage.select_aif(conc, times, search, modality="mr", signal=signal,
-                                   baseline_end=bolus["baseline_end"])
-    except DataError as exc:
-        raise InputError(_source(session), str(exc)) from exc
-    del signal
+    aif, source = user_aif(session, conc, times, affine, search)
+    if aif is None:
+        signal, _ = load_array(dsc_file)
+        try:
+            aif = aif_stage.select_aif(conc, times, search, modality="mr", signal=signal,
+                                       baseline_end=bolus["baseline_end"], echo_time=echo_time)
+        except DataError as exc:
+            raise InputError(_source(session), str(exc)) from exc
+        del signal
     vof = aif_stage.select_vof(conc, times, search, aif)
-    return write_input_functions(aif, vof, times, conc.shape[:3], affine)
+    return write_input_functions(aif, vof, times, conc.shape[:3], affine, source)
 
 
 @records_failure

@@ -50,7 +50,8 @@ def DSCSession(session: dict, output_dir: str, run_id: str, config: dict) -> Fil
                                          denoise_fwhm_mm=config["denoise_fwhm_mm"]))
     inputs = workflow.add(MRInputFunctions(session=session, concentration_file=conc.concentration,
                                            dsc_file=motion.corrected,
-                                           frame_times=motion.frame_times, bolus=masks.bolus,
+                                           frame_times=motion.frame_times,
+                                           echo_time=load.echo_time, bolus=masks.bolus,
                                            vessel_search_mask=masks.vessel_search_mask))
     maps = workflow.add(Deconvolve(session=session, concentration_file=conc.tissue_concentration,
                                    brain_mask=masks.brain_mask,
