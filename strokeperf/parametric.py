@@ -17,11 +17,35 @@ al. 2006, NeuroImage 33:570; Bayesian estimation: Boutelier et al. 2012, Med Ima
 Estimation. ``F`` enters linearly, so for each candidate curve ``g`` of a dictionary of (delay,
 dispersion, MTT, shape) values its least-squares flow is ``<c, g> / <g, g>`` and the residual falls by
 ``<c, g>^2 / <g, g>``: scoring all candidates is one matrix product per chunk of voxels, on the measured
-(possibly irregular) frame times. With white Gaussian noise and a flat prior on the grid these scores
-give the posterior over candidates, and each output is its posterior mean. The mean matters: when
-dispersion is large the effective residue is flat-topped, many candidates fit almost equally well and
-the single best one jumps between them; averaging over them reduces the Tmax error (measured on the
-phantom: mean absolute error 2.1 s -> 1.4 s above Tmax 10 s).
+(possibly irregular) frame times. With white Gaussian noise these scores give the posterior over
+candidates, and each output is its posterior mean. The mean matters: when dispersion is large the
+effective residue is flat-topped, many candidates fit almost equally well and the single best one
+jumps between them; averaging over them reduces the Tmax error (measured on the phantom: mean absolute
+error 2.1 s -> 1.4 s above Tmax 10 s).
+
+Two refinements of the likelihood and the prior (measured with ``benchmarks/accuracy.py --quick`` and
+whole-brain phantom sessions; figures in docs/accuracy.md):
+
+- Baseline offset. The concentration is the signal minus the mean of the pre-bolus frames, so every
+  frame carries the same error of that mean (SD ``sigma / sqrt(n_baseline)``, 0.8 HU for six frames
+  of 2 HU): a correlated error the white-noise likelihood mistakes for a longer or shorter tail. The
+  model has a constant ``b`` as a second linear nuisance parameter, ``C = F g + b``, removed by
+  centring curves and candidates over the frames (profile likelihood of the linear parameters;
+  e.g. Kay 1993, Fundamentals of Statistical Signal Processing, ch. 8). Tmax > 10 s of low-flow,
+  dispersed lesion tissue was under-read by 0.3-0.7 s (median) without it.
+- Prior flat in Tmax. A flat prior on the (delay, dispersion, MTT, shape) grid is not flat in Tmax:
+  far fewer candidates have a Tmax near the lowest delays than in the middle of the range, so the
+  posterior mean of early tissue is pulled late (+0.96 s median error at true Tmax 0-2 s). Each
+  candidate is weighted by the inverse number of candidates in its Tmax bin (``TMAX_PRIOR_BIN_S``),
+  which makes the implied prior on Tmax uniform (a reparametrised flat prior on the quantity
+  reported; Jaynes 1968, IEEE Trans Syst Sci Cybern 4:227), and within a bin leaves the grid's
+  relative weights over the nuisance parameters.
+
+Limits. At CT-like noise (2 HU per frame after smoothing) dispersion and residue shape are barely
+identifiable from one voxel's curve, and Tmax, the position of the effective residue's maximum,
+depends on them (a near-box residue has Tmax = delay without dispersion and delay + several s with
+0.75 s of it). Even the fit given the tile phantom's own parameter grid as its candidates has a mean
+absolute Tmax error of 1.1-1.6 s per true-Tmax bin there (``benchmarks/accuracy.py --oracle``).
 
 Outputs, in the conventions of :mod:`strokeperf.deconvolution`:
 
@@ -55,17 +79,24 @@ DELAY_STEP_S = 0.5
 #: up to about 20 s; Ostergaard et al. 1996; Wintermark et al. 2006).
 MTT_RANGE_S = (1.0, 24.0)
 MTT_STEPS = 14
-#: Candidate dispersion times of the exponential transport function, s: 0-5 s covers normal tissue and
-#: collateral flow (Calamante et al. 2000, 2006); a grid too short to reach the true dispersion biases
-#: Tmax of severely hypoperfused tissue low (measured: -1.4 s above Tmax 10 s with a 3 s maximum).
-DISPERSIONS_S = (0.0, 0.75, 1.5, 2.5, 3.5, 5.0)
+#: Candidate dispersion times of the exponential transport function, s: 0-7 s covers normal tissue and
+#: collateral flow (Calamante et al. 2000, 2006). The posterior mean is pulled towards the middle of the
+#: grid, so the largest dispersions of collateral-fed tissue (4-5 s) must lie inside it, not at its
+#: edge: a grid too short biases Tmax of severely hypoperfused tissue low (measured: -1.4 s above Tmax
+#: 10 s with a 3 s maximum; whole-brain Tmax > 10 s volume of phantom seed 21 -25 % with 5 s, -22 %
+#: with 7 s, tile phantom unchanged).
+DISPERSIONS_S = (0.0, 0.75, 1.5, 2.5, 3.5, 5.0, 7.0)
 #: Candidate residue shapes: exponential (1), gamma (3) and near-box (12) transit-time distributions,
 #: the range of the Kudo et al. 2013 digital phantom (exponential to box).
 RESIDUE_SHAPES = (1.0, 3.0, 12.0)
 #: Step of the fine time grid on which the model curves are built, s.
 FINE_DT_S = 0.1
-#: Parameters of the model (flow, delay, dispersion, MTT, shape): degrees of freedom of the residual.
-N_MODEL_PARAMETERS = 5
+#: Parameters of the model (flow, baseline offset, delay, dispersion, MTT, shape): degrees of freedom
+#: of the residual.
+N_MODEL_PARAMETERS = 6
+#: Width of the Tmax bins over which the prior is made flat, s: the delay step, so that each bin holds
+#: the candidates of about one delay.
+TMAX_PRIOR_BIN_S = DELAY_STEP_S
 #: Smallest noise variance assumed, as a fraction of the curve's mean energy per frame: keeps the
 #: posterior from collapsing onto one grid point when the model matches a noise-free curve.
 NOISE_FLOOR = 1e-6
@@ -102,7 +133,7 @@ class ParametricDeconvolution:
     >>> curve = 0.01 * model.model_curve(delay=6.0, mtt=6.0, dispersion=1.5, shape=2.0)
     >>> fit = model.fit(curve[None])
     >>> round(float(fit.tmax[0]), 1), round(float(fit.residue_peak[0]), 4)
-    (9.1, 0.0072)
+    (9.0, 0.0073)
     >>> round(float(fit.cbv[0] / kinetics.CBV_SCALE), 3)
     0.06
     """
@@ -153,15 +184,17 @@ class ParametricDeconvolution:
         atoms[:, when < 0] = 0.0
         self.n_combos, self.n_delays = atoms.shape[:2]
         self.atoms = atoms.reshape(-1, t.size).astype(np.float32)
-        norm2 = np.einsum("kt,kt->k", self.atoms, self.atoms, dtype=np.float64)
+        # The baseline offset is profiled out by centring curves and candidates over the frames.
+        centred = self.atoms - self.atoms.mean(axis=1, keepdims=True)
+        norm2 = np.einsum("kt,kt->k", centred, centred, dtype=np.float64)
         self._inv_norm2 = np.where(norm2 > 0, 1.0 / np.maximum(norm2, 1e-30), 0.0).astype(np.float32)
-        self._atoms_t = np.ascontiguousarray(self.atoms.T)              # (T, K)
+        self._atoms_t = np.ascontiguousarray(centred.T)                 # (T, K)
         # Tmax and MTT of every candidate, for posterior means.
         self._tmax_atoms = (self.kernel_peak_s[:, None] + self.delays[None, :]).reshape(-1)
         self._tmax_atoms = self._tmax_atoms.astype(np.float32)
         self._mtt_atoms = np.repeat(self.mtt_grid, self.n_delays).astype(np.float32)
         self._peak_atoms = np.repeat(self.kernel_peak_value, self.n_delays).astype(np.float32)
-        self._peak_atoms = np.repeat(self.kernel_peak_value, self.n_delays).astype(np.float32)
+        self._log_prior = tmax_flat_log_prior(self._tmax_atoms, TMAX_PRIOR_BIN_S).astype(np.float32)
 
     def _kernels(self, tau):
         """Effective residues ``h_beta conv R`` (unit flow) of every candidate combination."""
@@ -195,12 +228,15 @@ class ParametricDeconvolution:
         of the fitted curve, dimensionless).
 
 
-        Flat prior on the candidate grid and Gaussian noise: candidate k's log-likelihood exceeds the
-        best one's by ``-(score_best - score_k) / (2 sigma^2)``, with ``score_k = <c,g_k>^2/<g_k,g_k>``
-        the fall in residual it achieves (flow at its least-squares value, non-negative). The noise
-        variance is the residual of the best candidate per degree of freedom, floored so that a curve
-        the model matches exactly does not collapse the posterior onto one grid point.
+        Gaussian noise: candidate k's log-likelihood exceeds the best one's by
+        ``-(score_best - score_k) / (2 sigma^2)``, with ``score_k = <c,g_k>^2/<g_k,g_k>`` the fall in
+        residual it achieves (curve and candidate centred over the frames, which profiles out the
+        baseline offset; flow at its least-squares value, non-negative); the log prior (flat in Tmax)
+        is added. The noise variance is the residual of the best candidate per degree of freedom,
+        floored so that a curve the model matches exactly does not collapse the posterior onto one
+        grid point.
         """
+        c = c - c.mean(axis=1, keepdims=True)
         proj = c @ self._atoms_t                                        # (n, K) <c, g>
         np.maximum(proj, 0.0, out=proj)                                 # non-negative flow
         score = proj * proj
@@ -210,6 +246,8 @@ class ParametricDeconvolution:
         sigma2 = np.maximum((energy - best) / n_free, NOISE_FLOOR * energy / c.shape[1]) + 1e-12
         score -= best[:, None]
         score *= (0.5 / sigma2)[:, None]
+        score += self._log_prior
+        score -= score.max(axis=1, keepdims=True)
         weights = np.exp(score, out=score)                              # in place: (n, K)
         weights *= proj > 0
         total = weights.sum(axis=1)
@@ -240,6 +278,20 @@ class ParametricDeconvolution:
         data = np.asarray(curves, dtype=np.float64)
         area = np.trapezoid(data, self.frame_times, axis=1)
         return ParametricFit(self, flow, tmax, volume, area / self.aif_area, _ttp(data, self.frame_times))
+
+
+def tmax_flat_log_prior(tmax_s, bin_s: float) -> np.ndarray:
+    """Log prior weight of each candidate that makes the implied prior on Tmax uniform.
+
+    Candidates are grouped into Tmax bins of ``bin_s`` seconds; each gets ``-log(count in its bin)``,
+    so every bin carries the same total prior mass whatever the number of (delay, dispersion, MTT,
+    shape) combinations that land in it (Jaynes 1968: a prior flat in the reported quantity).
+    """
+    tmax_s = np.asarray(tmax_s, dtype=float)
+    if not bin_s > 0:
+        raise ValueError("bin_s must be > 0")
+    bins = np.floor((tmax_s - tmax_s.min()) / bin_s).astype(np.int64)
+    return -np.log(np.bincount(bins)[bins].astype(float))
 
 
 def _ttp(curves: np.ndarray, t: np.ndarray) -> np.ndarray:

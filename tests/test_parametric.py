@@ -56,6 +56,64 @@ def test_noisy_curves_are_unbiased_in_tmax_on_average(model):
     assert np.mean(np.abs(fit.tmax - tmax)) < 1.5
 
 
+# CT-like acquisition of benchmarks/accuracy.py: 60 frames at 1 s, AIF FWHM about 10 s, 2 HU noise.
+T_CT = np.arange(60) * 1.0
+AIF_CT = kinetics.gamma_variate(T_CT, 6.0, 3.0, 2.5, peak=400.0)
+CT_NOISE_HU = 2.0
+
+
+@pytest.fixture(scope="module")
+def ct_model():
+    return ParametricDeconvolution(AIF_CT, T_CT)
+
+
+def baseline_subtracted(model, delay, mtt, dispersion, shape, flow, n, seed):
+    """Noisy CT-like curves, minus the mean of their pre-bolus frames as the pipeline does."""
+    rng = np.random.default_rng(seed)
+    clean = flow * model.model_curve(delay, mtt, dispersion, shape)
+    noisy = clean + rng.normal(0.0, CT_NOISE_HU, (n, T_CT.size))
+    return noisy - noisy[:, T_CT < 6.0].mean(axis=1, keepdims=True)
+
+
+def test_baseline_offset_does_not_bias_cbv_or_tmax(ct_model):
+    # Subtracting the mean of six 2 HU baseline frames leaves an offset of SD 0.8 HU on every frame.
+    flow, mtt = 0.008, 8.0
+    curve = flow * ct_model.model_curve(4.0, mtt, 1.0, 3.0)
+    fit = ct_model.fit(np.stack([curve - 0.8, curve + 0.8]))
+    tmax, _ = true_effective(4.0, mtt, 1.0, 3.0)
+    assert fit.cbv == pytest.approx(kinetics.CBV_SCALE * flow * mtt, rel=0.05)
+    assert fit.tmax == pytest.approx(tmax, abs=0.6)
+    assert abs(fit.tmax[1] - fit.tmax[0]) < 0.1
+
+
+def test_early_tissue_tmax_is_not_pulled_late(ct_model):
+    # Tissue reached with the AIF (true Tmax 0-2.4 s): a prior flat on the grid puts few candidates
+    # there and drags the posterior mean late (median error +0.8 s on these curves).
+    errors = []
+    for seed, (delay, mtt, dispersion, shape, flow) in enumerate(
+            [(0.0, 4.0, 0.0, 1.0, 0.010), (0.0, 3.0, 0.0, 3.0, 0.012), (1.0, 6.0, 0.5, 1.0, 0.008),
+             (0.0, 4.0, 1.0, 3.0, 0.010)]):
+        truth, _ = true_effective(delay, mtt, dispersion, shape)
+        fit = ct_model.fit(baseline_subtracted(ct_model, delay, mtt, dispersion, shape, flow, 400,
+                                               seed))
+        errors.append(np.clip(fit.tmax, 0.0, None) - truth)   # perfusion_maps clamps Tmax at 0
+    assert np.median(np.concatenate(errors)) < 0.5
+
+
+def test_cbf_is_delay_insensitive_with_noise(ct_model):
+    # Mean CBF of noisy curves, 6 s delay vs none, averaged over transit times, shapes, dispersions.
+    ratios = []
+    for seed, (mtt, shape, dispersion) in enumerate(
+            [(m, a, b) for m in (4.0, 8.0, 12.0) for a in (1.0, 3.0) for b in (0.0, 1.0, 2.0)]):
+        flow = 2.5 / (kinetics.CBV_SCALE * mtt)          # CBV 2.5 mL/100 g
+        cbf = [ct_model.fit(baseline_subtracted(ct_model, d, mtt, dispersion, shape, flow, 400,
+                                                100 + 10 * seed + i)).cbf.mean()
+               for i, d in enumerate((0.0, 6.0))]
+        ratios.append(cbf[1] / cbf[0] - 1.0)
+    # Issue 3: < 5 % (measured -3.7 %; -5.4 % before the baseline offset was modelled).
+    assert abs(np.mean(ratios)) < 0.05
+
+
 def test_irregular_frame_times_are_fitted_where_sampled():
     t = np.r_[np.arange(0, 30, 1.0), np.arange(30, 72, 3.0)]
     aif = kinetics.gamma_variate(t, 6.0, 3.0, 1.5, peak=400.0)
