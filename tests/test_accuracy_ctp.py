@@ -1,4 +1,7 @@
-"""Accuracy of the CTP path against the digital phantom's truth (issue 2's acceptance).
+"""Accuracy of the CTP path against the digital phantom's truth, with issue 3's tolerances:
+Tmax > 6 s within max(10 %, 5 mL), Tmax > 10 s within max(15 %, 5 mL), rCBF core within
+max(25 %, 5 mL). (Seed 21, measured outside the tests, still reads Tmax > 10 s 25 % low where the
+lesion's dispersion is largest; see the README's Accuracy section.)
 
 Whole-brain phantoms with seeds, lesions and timing never used to choose any constant of the
 pipeline (development used seeds 5, 101, 202, 303 and 404): irregular VolumeTiming, a faster
@@ -48,15 +51,15 @@ def test_all_sessions_succeed(results):
 def test_hypoperfusion_volumes_match_truth(results, label):
     _, table, truth = results
     got, want = table.loc[f"sub-{label}"], truth.loc[f"sub-{label}"]
-    for column in ("tmax6_ml", "tmax10_ml"):
-        assert within(got[column], want[column], 0.20, 5.0), (column, got[column], want[column])
+    for column, rel in (("tmax6_ml", 0.10), ("tmax10_ml", 0.15)):
+        assert within(got[column], want[column], rel, 5.0), (column, got[column], want[column])
 
 
 @pytest.mark.parametrize("label", ["a7", "b8"])
 def test_core_volume_matches_truth(results, label):
     _, table, truth = results
     got, want = table.loc[f"sub-{label}"], truth.loc[f"sub-{label}"]
-    assert within(got["core_ml"], want["core_ml"], 0.40, 5.0), (got["core_ml"], want["core_ml"])
+    assert within(got["core_ml"], want["core_ml"], 0.25, 5.0), (got["core_ml"], want["core_ml"])
     assert got["affected_side"] == want["affected_side"]
 
 
