@@ -236,6 +236,9 @@ def _write_motion(path: Path, motion: dict, sources: list) -> Path:
                           "framewise_displacement": motion["framewise_displacement"],
                           **{k: motion["params"][k] for k in MOTION_PARAMETERS},
                           "excluded": ["true" if e else "false" for e in motion["excluded"]]})
+    if "censored_voxels" in motion:
+        table["censored_voxels"] = ["n/a" if c is None else str(c)
+                                    for c in motion["censored_voxels"]]
     io.write_text(path, table.to_csv(sep="\t", index=False, lineterminator="\n",
                                      float_format="%.4g"))
     translation = "Head displacement of this frame from the reference frame along {} (RAS), at " \
@@ -252,9 +255,16 @@ def _write_motion(path: Path, motion: dict, sources: list) -> Path:
         "excluded": {"Description": "Frame left out of the analysis: its mean through-plane "
                                     "displacement exceeded half the slice thickness",
                      "Levels": {"true": "excluded", "false": "used"}},
+        **({"censored_voxels": {"Description": "Voxels of this frame whose motion-corrected value "
+                                               "was replaced by linear interpolation in time: the "
+                                               "resampling error predicted for a static head "
+                                               "exceeded one noise SD (n/a: frame excluded)"}}
+           if "censored_voxels" in motion else {}),
         "ReferenceFrame": motion["reference_index"],
         "Method": "rigid registration of every frame to the reference, Mattes mutual information "
-                  "(ANTs), linear resampling",
+                  "(ANTs), linear resampling; frames displaced less than 0.1 mm left as acquired; "
+                  "samples with a predicted resampling error above one noise SD censored and "
+                  "interpolated in time",
         "Sources": sources,
     })
 

@@ -21,15 +21,26 @@ from strokeperf.interfaces.base import load_array, load_mask, records_failure, s
 MOTION_PARAMETERS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
 
+def _per_frame(values, keep) -> list:
+    """Values of the kept frames spread over every acquired frame (None for excluded ones)."""
+    it = iter(np.asarray(values).tolist())
+    return [next(it) if k else None for k in np.asarray(keep, dtype=bool)]
+
+
 @records_failure
 def motion_correct_series(session: dict, series_file: File, frame_times: list,
                           enabled: bool = True) -> tuple[File, list, dict]:
-    """Rigid motion correction of a 4D perfusion series; frames flagged ``excluded`` are dropped.
+    """Rigid motion correction of a 4D perfusion series; frames flagged ``excluded`` are dropped,
+    samples that resampling cannot restore are censored.
 
-    Returns the corrected series (only the kept frames), their onsets (s) and a JSON-able motion
-    record (every frame: onset, framewise displacement, rigid parameters, excluded flag). Dropped
-    frames leave irregular sampling, which the deconvolution methods accept (they work on the frame
-    times). With ``enabled`` False the series passes through untouched and the record says so.
+    :func:`registration.motion_correct`, then :func:`registration.censor_resampling_errors` on the
+    kept frames: in a moved frame, voxels next to bone, scalp or CSF whose resampling error
+    predicted for a static head exceeds one noise SD are replaced by interpolation in time between the voxel's
+    clean frames. Returns the corrected series (only the kept frames), their onsets (s) and a
+    JSON-able motion record (every frame: onset, framewise displacement, rigid parameters, excluded
+    flag, censored voxels). Dropped frames leave irregular sampling, which the deconvolution methods
+    accept (they work on the frame times). With ``enabled`` False the series passes through
+    untouched and the record says so.
     """
     if not enabled:
         return series_file, list(frame_times), {"enabled": False}
@@ -39,7 +50,6 @@ def motion_correct_series(session: dict, series_file: File, frame_times: list,
         mc = registration.motion_correct(series, affine)
     except DataError as exc:
         raise InputError(session["perfusion_file"], f"motion correction failed: {exc}") from exc
-    seconds = time.perf_counter() - started
     del series
     keep = ~np.asarray(mc.excluded, dtype=bool)
     if keep.sum() < MIN_FRAMES:
@@ -48,6 +58,9 @@ def motion_correct_series(session: dict, series_file: File, frame_times: list,
                          f"through the plane; fewer than {MIN_FRAMES} usable frames remain")
     times = np.asarray(frame_times, dtype=float)
     corrected = mc.corrected if keep.all() else mc.corrected[..., keep]
+    censoring = registration.censor_resampling_errors(corrected, mc.transforms[keep], affine,
+                                                      times[keep])
+    seconds = time.perf_counter() - started
     path = save_array("motion_corrected.nii", corrected, affine)
     record = {
         "enabled": True,
@@ -58,6 +71,9 @@ def motion_correct_series(session: dict, series_file: File, frame_times: list,
         "excluded": (~keep).tolist(),
         "through_plane_mm": np.asarray(mc.through_plane_mm, dtype=float).tolist(),
         "reference_index": int(mc.reference_index),
+        "censored_voxels": _per_frame(censoring.per_frame, keep),
+        "noise_sd": float(censoring.noise_sd),
+        "censor_threshold": float(censoring.threshold),
         "seconds": seconds,
     }
     return path, times[keep].tolist(), record
