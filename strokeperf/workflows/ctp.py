@@ -4,13 +4,16 @@ Methods (the report's boilerplate uses this text): The CT perfusion series was r
 timing (BIDS ``VolumeTiming`` or ``RepetitionTime``). Every frame was aligned rigidly to a reference
 frame (the frame closest to the temporal median) by Mattes mutual information in ANTs, frames
 displaced through the slice plane by more than half a slice thickness were excluded, and framewise
-displacement was recorded. A brain mask was computed from the temporal median image as the largest
+displacement was recorded; in moved frames, samples whose resampling error predicted for a static
+head exceeded one noise SD (next to bone, scalp and CSF) were replaced by linear interpolation in
+time. A brain mask was computed from the temporal median image as the largest
 soft-tissue region enclosed by the skull, and CSF was identified by its unenhanced density. The
 bolus arrival was detected on the whole-brain curve and the frames before it were averaged as the
 baseline; contrast concentration was the difference from baseline in HU, smoothed within the brain.
 The arterial input function was selected automatically (early, high, narrow curves, excluding venous
 ones) and scaled to the area of the venous output function to correct partial volume. The tissue
-curves were deconvolved (block-circulant SVD by default) to give CBF, CBV, MTT, Tmax and TTP.
+curves were deconvolved (by default a Bayesian fit of a tracer-kinetic model of delay, dispersion
+and transit time; see the deconvolution parameter) to give CBF, CBV, MTT, Tmax and TTP.
 Relative CBF and CBV were normalised to tissue with Tmax < 4 s; hypoperfusion was Tmax > 6 s, the
 ischemic core rCBF < 30 % inside it, CSF and large vessels excluded and clusters under the minimum
 size removed."""

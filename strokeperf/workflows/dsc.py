@@ -1,22 +1,26 @@
 """DSC-MRI workflow of one session, with the ischemic core from diffusion imaging.
 
-Methods (the report's boilerplate uses this text): The DSC-MRI series was read with its frame timing
-(BIDS ``VolumeTiming`` or ``RepetitionTime``) and echo time. Every frame was aligned rigidly to a
-reference frame (the frame closest to the temporal median) by Mattes mutual information in ANTs,
-frames displaced through the slice plane by more than half a slice thickness were excluded, and
-framewise displacement was recorded. The bolus was detected on the whole-brain delta-R2* curve; the
-brain was segmented on the mean pre-contrast image (S0) and CSF identified as its bright voxels. The
-signal was converted to delta-R2* = -ln(S/S0)/TE, optionally corrected for contrast leakage
+Methods (the report's boilerplate uses this text): The DSC-MRI series was read with its frame
+timing (BIDS ``VolumeTiming`` or ``RepetitionTime``) and echo time. Every frame was aligned rigidly
+to a reference frame (the frame closest to the temporal median) by Mattes mutual information in
+ANTs, frames displaced through the slice plane by more than half a slice thickness were excluded,
+and framewise displacement was recorded; in moved frames, samples whose resampling error predicted
+for a static head exceeded one noise SD (next to bone, scalp and CSF) were replaced by linear
+interpolation in time. The bolus was detected on the whole-brain delta-R2* curve; the brain was
+segmented on the mean pre-contrast image (S0) and CSF identified as its bright voxels. The signal
+was converted to delta-R2* = -ln(S/S0)/TE, optionally corrected for contrast leakage
 (Boxerman-Schmainda-Weisskoff), and smoothed within the brain. The arterial input function was
-selected automatically among voxels whose signal stayed above the noise floor (early, high, narrow
-curves, excluding venous ones) and scaled to the area of the venous output function. The tissue
-curves were deconvolved to give CBF, CBV, MTT, Tmax and TTP; relative maps were normalised to tissue
-with Tmax < 4 s and hypoperfusion was Tmax > 6 s, CSF and large vessels excluded and clusters under
-the minimum size removed. The ischemic core was ADC below the threshold (the scanner ADC map, else
-ADC computed from the DWI), measured in DWI space after removal of CSF partial volume and small
-clusters; the DWI (mean b = 0 image, else the ADC map) was registered rigidly to the DSC S0 image by
-mutual information to carry the core onto the perfusion grid. Mismatch was the Tmax > 6 s volume
-minus the core volume."""
+selected automatically (early, high, narrow curves, excluding venous ones): where the arterial
+signal reached the noise floor, from those voxels with delta-R2* censored at the floor level, else
+among voxels whose signal stayed above it; it was scaled to the area of the venous output function.
+The tissue curves were deconvolved (by default a Bayesian fit of a tracer-kinetic model of delay,
+dispersion and transit time) to give CBF, CBV, MTT, Tmax and TTP; relative maps were normalised to
+tissue with Tmax < 4 s and hypoperfusion was Tmax > 6 s, CSF and large vessels excluded and
+clusters under the minimum size removed. The ischemic core was ADC below the threshold (the scanner
+ADC map, else ADC computed from the DWI), measured in DWI space after removal of CSF partial volume
+and small clusters; the DWI (mean b = 0 image, else the ADC map) was registered rigidly to the DSC
+S0 image by mutual information to carry the core onto the perfusion grid. Mismatch was the Tmax > 6
+s volume minus the core volume."""
 
 from __future__ import annotations
 
