@@ -435,16 +435,31 @@ def select_mr_aif(conc, frame_times, candidate_mask, signal, baseline_end: int,
         floored.ravel()[index] = ok_s0 & (s_min < floor)
         with np.errstate(divide="ignore", invalid="ignore"):
             level.ravel()[index] = np.log(s0 / floor) / echo_time
+    censored = unsaturated = None
     if floored.any():
         try:
-            return _select_censored(conc, frame_times, candidate_mask, n_voxels, exclude_mask,
-                                    floored, level)
+            censored = _select_censored(conc, frame_times, candidate_mask, n_voxels, exclude_mask,
+                                        floored, level)
         except DataError:
             pass  # the floored voxels are not arterial (sinus, noise): no saturated artery
-    if not usable.any():
+    if usable.any():
+        try:
+            unsaturated = _select_arterial(conc, frame_times, candidate_mask, n_voxels,
+                                           exclude_mask, usable)
+        except DataError:
+            if censored is None:
+                raise
+    if censored is None and unsaturated is None:
         raise DataError("no usable arterial input function: every candidate voxel has a low "
                         "baseline signal or reaches the noise floor during the bolus")
-    return _select_arterial(conc, frame_times, candidate_mask, n_voxels, exclude_mask, usable)
+    # The saturated voxels are arteries unless unsaturated arterial candidates fill clearly earlier
+    # (then the floored voxels are the sinus: a weak bolus saturates only the large veins).
+    if censored is None:
+        return unsaturated
+    if unsaturated is None or not np.isfinite(unsaturated.arrival_s):
+        return censored
+    early = unsaturated.arrival_s + MR_ARTERIAL_ONSET_WINDOW_S
+    return censored if not censored.arrival_s > early else unsaturated
 
 
 def _select_censored(conc, frame_times, candidate_mask, n_voxels, exclude_mask, floored,
@@ -470,8 +485,10 @@ def _select_censored(conc, frame_times, candidate_mask, n_voxels, exclude_mask, 
     # Censored curves all peak at about their level, so peak time and width no longer tell arteries
     # from the (also saturated) sinus; the bolus onset does: veins fill after the capillary bed.
     onset = np.full(rows.size, np.inf)
-    for i in np.flatnonzero(ok):
-        onset[i] = detect_bolus(curves[i], t).arrival_s
+    for i in np.flatnonzero(ok):  # only the few floored candidates that passed the rules above
+        timing = detect_bolus(curves[i], t)
+        # An uncaptured curve's "arrival" is a placeholder (e.g. the first frame): never the anchor.
+        onset[i] = timing.arrival_s if timing.captured else np.inf
     ok &= np.isfinite(onset)
     if not ok.any():
         raise DataError("no saturated arterial voxel")
