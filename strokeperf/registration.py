@@ -594,7 +594,9 @@ def censor_resampling_errors(corrected, transforms, affine, frame_times,
     threshold = noise_sd_limit * sd
     censored = np.zeros(data.shape, dtype=bool)
     for k in range(n):
-        if np.allclose(transforms[k], np.eye(4)):
+        # Noise-free (or constant) data give sd 0: no noise level to compare the error with, and
+        # every interpolated voxel would be censored; such data are left as resampled.
+        if sd <= 0 or np.allclose(transforms[k], np.eye(4)):
             continue
         censored[..., k] = np.abs(resampling_error(static, affine, transforms[k])) > threshold
     flags = censored.reshape(-1, n)
