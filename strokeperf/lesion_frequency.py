@@ -81,16 +81,36 @@ def _perf_dir(output_dir: Path, participant_id: str, session_id: str) -> Path:
     return out / "perf"
 
 
-def session_template_masks(output_dir, table: pd.DataFrame, modality: str, label: str) -> list[Path]:
-    """Template-space ``label`` masks of the table's successful ``modality`` sessions, in table order
-    (sessions that were not normalised have none and are left out)."""
+def session_template_masks(output_dir, table: pd.DataFrame, modality: str,
+                           label: str) -> list[Path]:
+    """Template-space ``label`` masks of the table's successful ``modality`` series, in table order.
+
+    Each mask is matched to its own series through its file prefix: it counts only when that
+    series' volumes row (``<prefix>_desc-<mod>_volumes.tsv``) says ``ok``, so two acquisitions of a
+    session are two entries and a series that failed in this run is left out. Series that were not
+    normalised have no masks.
+    """
     output_dir = Path(output_dir)
-    found = []
     rows = table[(table["modality"] == modality) & (table["status"] == "ok")]
-    for _, r in rows.iterrows():
-        pattern = f"*_{_SPACE}_desc-{modality}{label}_mask.nii.gz"
-        found += sorted(_perf_dir(output_dir, r["participant_id"], str(r["session_id"])).glob(pattern))
+    dirs = dict.fromkeys(_perf_dir(output_dir, r["participant_id"], str(r["session_id"]))
+                         for _, r in rows.iterrows())
+    found = []
+    marker = f"_{_SPACE}_desc-{modality}{label}_mask.nii.gz"
+    for perf in dirs:
+        for path in sorted(perf.glob(f"*{marker}")):
+            volumes = perf / f"{path.name[: -len(marker)]}_desc-{modality}_volumes.tsv"
+            if volumes.is_file() and _status(volumes) == "ok":
+                found.append(path)
     return found
+
+
+def _status(volumes_tsv: Path) -> str:
+    """The ``status`` of a one-row volumes TSV ("" when unreadable)."""
+    try:
+        row = pd.read_csv(volumes_tsv, sep="\t", dtype=str, keep_default_na=False)
+        return str(row["status"].iloc[0])
+    except (OSError, KeyError, IndexError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return ""
 
 
 def write_frequency_maps(output_dir, table: pd.DataFrame) -> list[dict]:
@@ -98,8 +118,8 @@ def write_frequency_maps(output_dir, table: pd.DataFrame) -> list[dict]:
 
     Returns one record per map for the cohort report: ``modality``, ``label``, ``path``, ``n``
     (sessions averaged) and ``sides`` (count of sessions per template hemisphere of their Tmax > 6 s
-    lesion: ``L``, ``R``, ``none``). Maps of an earlier run that no longer have sessions are removed,
-    so that the files present always describe the current table.
+    lesion: ``L``, ``R``, ``none``). Maps of an earlier run that no longer have sessions are
+    removed, so that the files present always describe the current table.
     """
     output_dir = Path(output_dir)
     records, written = [], set()

@@ -325,3 +325,14 @@ def compute_qc_flags(*, frame_times, tissue_curve, input_functions: dict, brain_
         "bilateral_deficit": bilateral_deficit(hypoperfused_mask, brain_mask, affine),
     }
     return [flag for flag in QC_FLAGS if raised[flag]]
+
+
+#: Rules of QC flags raised by the workflows beyond :data:`QC_FLAG_RULES` (not computed
+#: by :func:`compute_qc_flags`).
+WORKFLOW_QC_RULES = {
+    "no_diffusion": "The MRI session has no DWI or ADC, so there is no ischemic core: core, "
+                    "mismatch and the trial profiles are n/a.",
+    "normalisation_failed": "Registration to the template failed (--normalise), so this session "
+                            "has no template-space outputs and is left out of the lesion-frequency "
+                            "maps; its perfusion results are unaffected.",
+}

@@ -38,7 +38,7 @@ from matplotlib.ticker import MaxNLocator
 
 from strokeperf import CODE_URL, __version__, io
 from strokeperf.profiles import PROFILE_NAMES, profile_rules
-from strokeperf.qc import MOTION_VOXEL_FRACTION, QC_FLAG_RULES
+from strokeperf.qc import MOTION_VOXEL_FRACTION, QC_FLAG_RULES, WORKFLOW_QC_RULES
 
 NA = "n/a"
 MODALITY_NAMES = {"ctp": "CT perfusion", "dsc": "DSC-MRI perfusion"}
@@ -602,6 +602,11 @@ def _profile_table(row: dict, mod: str) -> str:
             f"{body}</table><p class=\"na\">n/a: clinical data (age, NIHSS) or a volume missing.</p>")
 
 
+def _flag_rule(flag: str) -> str:
+    """The one-sentence rule of a QC flag (computed or raised by a workflow); "" if unknown."""
+    return QC_FLAG_RULES.get(flag) or WORKFLOW_QC_RULES.get(flag, "")
+
+
 def _qc_html(row: dict, mod: str) -> str:
     flags = [f for f in str(row.get("qc_flags", "")).split(";") if f and f != NA]
     raw = f"<p>Group-table value: <code data-column=\"qc_flags\" data-modality=\"{_esc(mod)}\">" \
@@ -609,7 +614,7 @@ def _qc_html(row: dict, mod: str) -> str:
     if not flags:
         return "<p>No quality-control flag was raised.</p>" + raw
     items = "".join(f'<li><span class="flag">{_esc(f)}</span>: '
-                    f"{_esc(QC_FLAG_RULES.get(f, 'No description is available for this flag.'))}"
+                    f"{_esc(_flag_rule(f) or 'No description is available for this flag.')}"
                     f"</li>" for f in flags)
     return f"<ul class=\"qc\">{items}</ul>{raw}"
 
@@ -982,7 +987,7 @@ def write_group_report(output_dir, table: pd.DataFrame, frequency_maps: list[dic
     flags = flags[flags.notna() & (flags != "") & (flags != NA)]
     counts = flags.value_counts()
     qc_rows = "".join(f"<tr><th>{_esc(f)}</th><td class=\"num\" data-flag=\"{_esc(f)}\">{int(n)}</td>"
-                      f"<td>{_esc(QC_FLAG_RULES.get(f, ''))}</td></tr>" for f, n in counts.items())
+                      f"<td>{_esc(_flag_rule(f))}</td></tr>" for f, n in counts.items())
     parts.append("<h2>Quality-control flags</h2>" + (
         f"<table><tr><th>flag</th><th>sessions</th><th>meaning</th></tr>{qc_rows}</table>"
         if qc_rows else "<p>No flag was raised.</p>"))

@@ -46,12 +46,15 @@ def test_template_side_reads_the_mni_midline():
     assert template_side(np.zeros_like(lesion), AFFINE) is None
 
 
-def _session(out, participant, mod, masks: dict):
+def _session(out, participant, mod, masks: dict, prefix=None, status="ok"):
+    """Template masks of one series plus its volumes row (``status``), as the datasink leaves them."""
     perf = out / participant / "perf"
     perf.mkdir(parents=True, exist_ok=True)
+    prefix = prefix or participant
     for label, mask in masks.items():
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), AFFINE),
-                 perf / template_mask_name(participant, mod, label))
+                 perf / template_mask_name(prefix, mod, label))
+    (perf / f"{prefix}_desc-{mod}_volumes.tsv").write_text(f"status\n{status}\n")
 
 
 def test_write_frequency_maps_uses_ok_normalised_sessions_only(tmp_path):
@@ -76,6 +79,18 @@ def test_write_frequency_maps_uses_ok_normalised_sessions_only(tmp_path):
     assert sidecar["AffectedSide"] == {"L": 1, "R": 1, "none": 0}
     assert sidecar["Sessions"] == [f"sub-0{i}/perf/{template_mask_name(f'sub-0{i}', 'ctp', 'Tmax6')}"
                                    for i in (1, 2)]
+
+
+def test_each_acquisition_counts_once_and_a_failed_one_not_at_all(tmp_path):
+    lesion = np.zeros((11, 3, 3), bool)
+    lesion[2, 1, 1] = True
+    _session(tmp_path, "sub-01", "ctp", {"Tmax6": lesion}, prefix="sub-01_acq-a")
+    _session(tmp_path, "sub-01", "ctp", {"Tmax6": lesion}, prefix="sub-01_acq-b")
+    _session(tmp_path, "sub-01", "ctp", {"Tmax6": lesion}, prefix="sub-01_acq-c", status="failed")
+    table = pd.DataFrame({"participant_id": ["sub-01"] * 3, "session_id": ["n/a"] * 3,
+                          "modality": ["ctp"] * 3, "status": ["ok", "ok", "failed"]})
+    [record] = write_frequency_maps(tmp_path, table)
+    assert record["n"] == 2 and record["sides"] == {"L": 2, "R": 0, "none": 0}
 
 
 def test_maps_without_sessions_any_more_are_removed(tmp_path):

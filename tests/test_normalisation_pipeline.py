@@ -177,3 +177,13 @@ def test_cohort_report_shows_the_frequency_maps(normalised):
         assert browser.console_errors() == []
     finally:
         browser.close()
+
+
+def test_a_run_without_normalise_leaves_no_template_outputs(normalised, tmp_path):
+    """Re-running into the same OUTPUT_DIR without --normalise removes the template outputs and
+    the group maps, so nothing stale describes the new run (cached steps make this fast)."""
+    bids, out, _ = normalised
+    assert main([str(bids), str(out), "participant", "-w", str(out.parent / "work"), "--nprocs",
+                 "2"]) == 0
+    assert not list(out.rglob(f"*{TEMPLATE_SPACE}*"))
+    assert "Lesion frequency" not in (out / "group.html").read_text()

@@ -43,11 +43,6 @@ from strokeperf.interfaces.base import records_failure
 from strokeperf.interfaces.registration import MOTION_PARAMETERS
 from strokeperf.profiles import profile_rules
 
-#: Rules of QC flags raised by the workflows beyond :data:`strokeperf.qc.QC_FLAG_RULES`.
-WORKFLOW_QC_RULES = {
-    "no_diffusion": "The MRI session has no DWI or ADC, so there is no ischemic core: core, "
-                    "mismatch and the trial profiles are n/a.",
-}
 
 #: Work-file stem -> (derivative suffix or mask label, Units, description).
 MAPS = {
@@ -108,7 +103,7 @@ def volumes_path(output_dir: str | Path, session: dict) -> Path:
 
 def qc_rule(flag: str) -> str:
     """The one-sentence explanation of a QC flag."""
-    return qc.QC_FLAG_RULES.get(flag) or WORKFLOW_QC_RULES[flag]
+    return qc.QC_FLAG_RULES.get(flag) or qc.WORKFLOW_QC_RULES[flag]
 
 
 def _write_image(src: Path, dst: Path, dtype, sidecar: dict) -> Path:
@@ -168,9 +163,14 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
                             + " to the DSC pre-contrast mean (S0)",
             "Mismatch": "tmax6_ml (DSC grid) - core_ml (DWI grid)",
         }
-    normalised = bool(normalisation and normalisation.get("enabled"))
+    # Template outputs of an earlier run must not outlive a run without them (group maps glob them).
+    _remove_template_outputs(out_dir, prefix, mod)
+    normalised = bool(normalisation and normalisation.get("enabled")
+                      and not normalisation.get("failed"))
     if normalised:
         _write_normalisation(out_dir, prefix, mod, normalisation, common)
+    elif normalisation and normalisation.get("failed"):
+        results = {**results, "qc_flags": [*results.get("qc_flags", []), "normalisation_failed"]}
     record = json.loads(Path(input_functions).read_text())
     tissue = results.get("curves", {})
     curves = pd.DataFrame({"time": record["frame_times_s"], "aif": record["aif"],
@@ -214,6 +214,8 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
                               "BrainDice": normalisation["brain_dice"],
                               "Seconds": round(float(normalisation["seconds"]), 2)}}
            if normalised else {}),
+        **({"Normalisation": {"Failed": normalisation["failed"]}}
+           if normalisation and normalisation.get("failed") else {}),
     })
     tables.write_row(volumes, row)
     # The report reads every modality's volumes row of this session from OUTPUT_DIR.
@@ -297,6 +299,15 @@ def _write_diffusion(out_dir: Path, prefix: str, mod: str, diffusion: dict,
     return _write_image(Path(diffusion["adc_perfusion"]), out_dir / f"{prefix}_desc-{mod}_adc.nii.gz",
                         np.float32, {**adc_side, "Resampled": "onto the DSC grid with the "
                                                               "DWI-to-DSC transform (linear)"})
+
+
+def _remove_template_outputs(out_dir: Path, prefix: str, mod: str) -> None:
+    """Delete the session's template-space masks and template transforms of this modality."""
+    space = lesion_frequency.TEMPLATE_SPACE
+    for pattern in (f"{prefix}_space-{space}_*desc-{mod}*", f"{prefix}_from-{mod}_to-{space}_*",
+                    f"{prefix}_from-{space}_to-{mod}_*"):
+        for path in out_dir.glob(pattern):
+            path.unlink()
 
 
 def _write_normalisation(out_dir: Path, prefix: str, mod: str, normalisation: dict,

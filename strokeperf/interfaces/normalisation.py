@@ -12,7 +12,6 @@ from fileformats.generic import File
 from pydra.compose import python
 
 from strokeperf import registration
-from strokeperf.errors import DataError, InputError
 from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array
 from strokeperf.lesion_frequency import LESION_LABELS, SIDE_LABEL, TEMPLATE_SPACE, template_side
 
@@ -34,7 +33,9 @@ def normalise_session(session: dict, reference_image: File, brain_mask: File,
 
     ``reference_image`` is the DSC pre-contrast mean (S0) or the motion-corrected CTP series, whose
     temporal median (the image the CT brain mask was drawn on) is used. ``enabled`` False returns
-    ``{"enabled": False}`` without work: normalisation is an option.
+    ``{"enabled": False}`` without work: normalisation is an option. A registration that fails
+    returns ``{"enabled": True, "failed": message}``: the session's perfusion results stand, the
+    datasink writes no template outputs and raises the ``normalisation_failed`` QC flag.
 
     Returns a JSON-able record: the ANTs transform files (``affine_file``, ``warp_file``,
     ``inverse_warp_file``), template-space masks per label (``masks``), the template hemisphere of
@@ -51,9 +52,9 @@ def normalise_session(session: dict, reference_image: File, brain_mask: File,
     try:
         transforms, _ = registration.normalise_to_template(image, affine, brain,
                                                            out_dir=Path.cwd() / "template")
-    except DataError as exc:
-        raise InputError(session["perfusion_file"], f"normalisation to the template failed: {exc}") \
-            from exc
+    except Exception as exc:  # noqa: BLE001 - an optional group-analysis step must not fail the session
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return {"enabled": True, "failed": f"normalisation to the template failed: {message}"}
     t_affine = transforms.template_affine
     masks = {}
     for path in lesion_maps:
