@@ -167,7 +167,7 @@ def test_methods_paragraph_names_version_parameters_and_workflow(outputs):
     text = outputs["participants"]["sub-01_ses-acute"].read_text()
     methods = re.search(r'id="methods-ctp">(.*?)</p>', text, re.S).group(1)
     assert f"strokeperf {__version__}" in methods
-    assert "block-circulant SVD" in methods  # from strokeperf.workflows.ctp's docstring
+    assert "tracer-kinetic model" in methods  # from strokeperf.workflows.ctp's docstring
     assert "core_rcbf = 0.3" in methods and "rCBF&lt;0.30" in methods
 
 
