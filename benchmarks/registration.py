@@ -1,7 +1,8 @@
 """Benchmark of the registration stage: motion correction of a 45-frame whole-brain CT perfusion
 series (120 x 144 x 30 voxels of 1.5 x 1.5 x 5 mm, 40 % of frames displaced by up to 2 mm / 2
-degrees, contrast passing), censoring of its resampling errors, and template normalisation (affine + SyN to ICBM152 2009a, 2 mm) per
-session; wall time, accuracy against the known motion and peak memory (resource.getrusage).
+degrees, contrast passing), censoring of its resampling errors, and template normalisation (affine +
+SyN to ICBM152 2009a, 2 mm) per session; wall time, accuracy against the known motion and peak
+memory (resource.getrusage).
 
     python benchmarks/registration.py [--frames 45] [--threads N]
 """
