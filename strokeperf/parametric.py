@@ -277,6 +277,10 @@ class ParametricDeconvolution:
             flow[part], tmax[part], volume[part] = self._posterior_means(c, n_free)
         data = np.asarray(curves, dtype=np.float64)
         area = np.trapezoid(data, self.frame_times, axis=1)
+        # No net tracer (negative or zero area: air, noise, a non-physical curve) has no fit: with
+        # the baseline offset profiled out, a dip would otherwise read as a late bolus above it.
+        no_tracer = ~(area > 0)
+        flow[no_tracer] = tmax[no_tracer] = volume[no_tracer] = 0.0
         return ParametricFit(self, flow, tmax, volume, area / self.aif_area, _ttp(data, self.frame_times))
 
 

@@ -451,7 +451,8 @@ def motion_correct(series, affine, reference="auto", mask=None,
         m = _rigid(fixed, moving, MOTION_SCHEDULE, fixed_mask=fixed_mask, sampling_rate=rate)
         del moving
         moved = points @ m[:3, :3].T + m[:3, 3] - points
-        if np.max(np.linalg.norm(moved, axis=1)) < NEGLIGIBLE_MOTION_MM:
+        # No head voxel (an all-air image): nothing to measure; later stages report the problem.
+        if points.size == 0 or np.max(np.linalg.norm(moved, axis=1)) < NEGLIGIBLE_MOTION_MM:
             corrected[..., k] = data[..., k]
             continue
         transforms[k] = m
