@@ -185,7 +185,8 @@ class ParametricDeconvolution:
         self.n_combos, self.n_delays = atoms.shape[:2]
         self.atoms = atoms.reshape(-1, t.size).astype(np.float32)
         # The baseline offset is profiled out by centring curves and candidates over the frames.
-        centred = self.atoms - self.atoms.mean(axis=1, keepdims=True)
+        self._atom_means = self.atoms.mean(axis=1)[None, :]              # (1, K), >= 0
+        centred = self.atoms - self._atom_means.T
         norm2 = np.einsum("kt,kt->k", centred, centred, dtype=np.float64)
         self._inv_norm2 = np.where(norm2 > 0, 1.0 / np.maximum(norm2, 1e-30), 0.0).astype(np.float32)
         self._atoms_t = np.ascontiguousarray(centred.T)                 # (T, K)
@@ -236,8 +237,15 @@ class ParametricDeconvolution:
         floored so that a curve the model matches exactly does not collapse the posterior onto one
         grid point.
         """
-        c = c - c.mean(axis=1, keepdims=True)
+        mean_c = c.mean(axis=1, keepdims=True)
+        c = c - mean_c
         proj = c @ self._atoms_t                                        # (n, K) <c, g>
+        # Tracer present: a positive projection of the raw curve on some candidate (the raw
+        # projection is the centred one plus T mean(c) mean(g)); a curve without (air, CSF, a
+        # non-physical dip) has no fit, as the offset would otherwise read a dip as a late bolus.
+        raw = proj + (c.shape[1] * mean_c) * self._atom_means
+        has_tracer = raw.max(axis=1) > 0
+        del raw
         np.maximum(proj, 0.0, out=proj)                                 # non-negative flow
         score = proj * proj
         score *= self._inv_norm2
@@ -252,7 +260,7 @@ class ParametricDeconvolution:
         weights *= proj > 0
         total = weights.sum(axis=1)
         # A curve with no positive projection on any candidate (no tracer: CSF, air) has no fit.
-        empty = total <= 0
+        empty = (total <= 0) | ~has_tracer
         total[empty] = 1.0
         proj *= self._inv_norm2                                         # least-squares F per candidate
         # CBV: area of the fitted curve, F * MTT; CBF: peak of the effective residue, F max(h conv R).
@@ -277,10 +285,6 @@ class ParametricDeconvolution:
             flow[part], tmax[part], volume[part] = self._posterior_means(c, n_free)
         data = np.asarray(curves, dtype=np.float64)
         area = np.trapezoid(data, self.frame_times, axis=1)
-        # No net tracer (negative or zero area: air, noise, a non-physical curve) has no fit: with
-        # the baseline offset profiled out, a dip would otherwise read as a late bolus above it.
-        no_tracer = ~(area > 0)
-        flow[no_tracer] = tmax[no_tracer] = volume[no_tracer] = 0.0
         return ParametricFit(self, flow, tmax, volume, area / self.aif_area, _ttp(data, self.frame_times))
 
 
