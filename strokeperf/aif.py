@@ -328,18 +328,25 @@ def select_aif(conc, frame_times, candidate_mask, n_voxels: int = AIF_N_VOXELS,
     return _select_arterial(conc, frame_times, candidate_mask, n_voxels, exclude_mask)
 
 
-def _select_arterial(conc, frame_times, candidate_mask, n_voxels, exclude_mask,
-                     allowed=None) -> InputFunction:
-    """The arterial rules of the module docstring; ``allowed`` (X, Y, Z) bool, if given, further
-    restricts the candidates (but not the tissue reference, the mean of the search mask)."""
+def _candidates_and_tissue(conc, frame_times, candidate_mask, exclude_mask):
+    """Candidate curves (``flat``, ``index``, ``t``) and the peak and time to peak of the mean
+    tissue curve they are compared with; raises DataError for an empty or unenhanced search mask."""
     flat, index, t = _candidates(conc, frame_times, candidate_mask, exclude_mask)
     if index.size == 0:
         raise DataError("no usable arterial input function: the search mask is empty")
     tissue = _brain_curve(flat, index)
     tissue_peak = float(np.max(tissue))
-    tissue_ttp = float(t[np.argmax(_smooth3(tissue))])
     if not tissue_peak > 0:
         raise DataError("no usable arterial input function: the brain does not enhance")
+    return flat, index, t, tissue_peak, float(t[np.argmax(_smooth3(tissue))])
+
+
+def _select_arterial(conc, frame_times, candidate_mask, n_voxels, exclude_mask,
+                     allowed=None) -> InputFunction:
+    """The arterial rules of the module docstring; ``allowed`` (X, Y, Z) bool, if given, further
+    restricts the candidates (but not the tissue reference, the mean of the search mask)."""
+    flat, index, t, tissue_peak, tissue_ttp = _candidates_and_tissue(conc, frame_times,
+                                                                     candidate_mask, exclude_mask)
     peak, ttp, m1, width, rough, dip, _ = _all_features(flat, index, t)
     ok = (peak >= AIF_MIN_PEAK_RATIO * tissue_peak) & (ttp < tissue_ttp) & (dip <= MAX_NEGATIVE_DIP)
     ok &= np.isfinite(m1) & (width > 0)
@@ -466,12 +473,8 @@ def _select_censored(conc, frame_times, candidate_mask, n_voxels, exclude_mask, 
                      level) -> InputFunction:
     """Arterial rules on the ``floored`` voxels with their curves censored at ``level`` (1/s)."""
     conc = np.asarray(conc)
-    flat, index, t = _candidates(conc, frame_times, candidate_mask, exclude_mask)
-    if index.size == 0:
-        raise DataError("no usable arterial input function: the search mask is empty")
-    tissue = _brain_curve(flat, index)
-    tissue_peak = float(np.max(tissue))
-    tissue_ttp = float(t[np.argmax(_smooth3(tissue))])
+    flat, index, t, tissue_peak, tissue_ttp = _candidates_and_tissue(conc, frame_times,
+                                                                     candidate_mask, exclude_mask)
     rows = index[floored.ravel()[index]]
     levels = level.ravel()[rows]
     curves = np.minimum(flat[rows].astype(np.float64), levels[:, None])
