@@ -18,7 +18,7 @@ import pytest
 
 from conftest import make_phantom
 
-N_SESSIONS = 5
+N_SESSIONS = 3
 
 
 def _command(bids: Path, out: Path, work: Path) -> list[str]:
