@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from strokeperf import io
+from strokeperf import io, lesions
 
 #: TemplateFlow identifier of nilearn's ICBM152 2009a template, and the resolution used (mm).
 TEMPLATE_SPACE = "MNI152NLin2009aAsym"
@@ -67,11 +67,7 @@ def lesion_frequency(masks) -> tuple[np.ndarray, int]:
 def template_side(mask: np.ndarray, template_affine: np.ndarray) -> str | None:
     """``"L"``/``"R"``: the template hemisphere holding most of a template-space lesion (None if
     empty). The template's midline is the MNI plane x = 0 (RAS: negative x is the left)."""
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return None
-    x = np.argwhere(mask) @ np.asarray(template_affine)[0, :3] + np.asarray(template_affine)[0, 3]
-    return "R" if np.count_nonzero(x > 0) > np.count_nonzero(x < 0) else "L"
+    return lesions.affected_side(mask, None, template_affine, midline_x=0.0)
 
 
 def _perf_dir(output_dir: Path, participant_id: str, session_id: str) -> Path:

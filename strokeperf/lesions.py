@@ -136,11 +136,13 @@ def cbv_index(rcbv: np.ndarray, hypoperfused: np.ndarray) -> float | None:
     return float(np.mean(np.asarray(rcbv)[hyp], dtype=np.float64))
 
 
-def affected_side(lesion: np.ndarray, brain_mask: np.ndarray, affine: np.ndarray) -> str | None:
+def affected_side(lesion: np.ndarray, brain_mask: np.ndarray | None, affine: np.ndarray,
+                  midline_x: float | None = None) -> str | None:
     """``"L"`` or ``"R"``: the hemisphere holding most of the lesion, None for an empty lesion.
 
-    The midline is the x (RAS) coordinate of the brain mask's centroid; each lesion voxel votes by the
-    sign of its world x coordinate relative to it (RAS: negative x is the patient's left).
+    The midline is ``midline_x`` (world mm; e.g. 0 in MNI space), else the x (RAS) coordinate of the
+    brain mask's centroid; each lesion voxel votes by the sign of its world x coordinate relative to
+    it (RAS: negative x is the patient's left; voxels on the midline do not vote).
     """
     lesion = np.asarray(lesion, dtype=bool)
     if not lesion.any():
@@ -151,7 +153,7 @@ def affected_side(lesion: np.ndarray, brain_mask: np.ndarray, affine: np.ndarray
         ijk = np.argwhere(mask)
         return ijk @ affine[0, :3] + affine[0, 3]
 
-    midline = float(np.mean(world_x(np.asarray(brain_mask, dtype=bool))))
-    right = int(np.count_nonzero(world_x(lesion) > midline))
-    left = int(np.count_nonzero(lesion)) - right
-    return "R" if right > left else "L"
+    midline = (float(midline_x) if midline_x is not None
+               else float(np.mean(world_x(np.asarray(brain_mask, dtype=bool)))))
+    x = world_x(lesion)
+    return "R" if np.count_nonzero(x > midline) > np.count_nonzero(x < midline) else "L"
