@@ -183,10 +183,10 @@ class ParametricDeconvolution:
         atoms = response[:, lo] * (1.0 - frac) + response[:, hi] * frac  # (combos, delays, T)
         atoms[:, when < 0] = 0.0
         self.n_combos, self.n_delays = atoms.shape[:2]
-        self.atoms = atoms.reshape(-1, t.size).astype(np.float32)
+        atoms = atoms.reshape(-1, t.size).astype(np.float32)
         # The baseline offset is profiled out by centring curves and candidates over the frames.
-        self._atom_means = self.atoms.mean(axis=1)[None, :]              # (1, K), >= 0
-        centred = self.atoms - self._atom_means.T
+        self._atom_means = atoms.mean(axis=1)[None, :]                   # (1, K), >= 0
+        centred = atoms - self._atom_means.T
         norm2 = np.einsum("kt,kt->k", centred, centred, dtype=np.float64)
         self._inv_norm2 = np.where(norm2 > 0, 1.0 / np.maximum(norm2, 1e-30), 0.0).astype(np.float32)
         self._atoms_t = np.ascontiguousarray(centred.T)                 # (T, K)
