@@ -136,15 +136,20 @@ def dsc_volume(seed, saturated_arteries=True):
     return signal.astype(np.float32), brain, aif_true, masks
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_mr_aif_picks_unsaturated_arteries(seed):
-    signal, brain, aif_true, (good, _, junk) = dsc_volume(seed, saturated_arteries=False)
-    baseline_end = 5
+def _select_mr_aif(signal, brain, baseline_end: int = 5):
+    """delta-R2* of the series, the MR AIF chosen on it, and the mask of the chosen voxels."""
     conc = concentration.dsc_concentration(signal, TE, baseline_end)
     chosen = aif_stage.select_aif(conc, T, brain, n_voxels=6, modality="mr", signal=signal,
                                   baseline_end=baseline_end, echo_time=TE)
     picked = np.zeros(brain.shape, bool)
     picked[tuple(chosen.voxels.T)] = True
+    return conc, chosen, picked
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mr_aif_picks_unsaturated_arteries(seed):
+    signal, brain, aif_true, (good, _, junk) = dsc_volume(seed, saturated_arteries=False)
+    conc, chosen, picked = _select_mr_aif(signal, brain)
     assert np.all(good[picked])
     assert chosen.censored_frames == 0
     assert chosen.peak == pytest.approx(aif_true.max(), rel=0.15)
@@ -161,12 +166,7 @@ def test_mr_aif_of_a_saturated_bolus_is_censored_not_partial_volume(seed):
     peak: the AIF is the censored curve of those voxels, which follows the true curve below the
     censoring level (the unsaturated voxels are taken as partial volume)."""
     signal, brain, aif_true, (good, saturated, junk) = dsc_volume(seed)
-    baseline_end = 5
-    conc = concentration.dsc_concentration(signal, TE, baseline_end)
-    chosen = aif_stage.select_aif(conc, T, brain, n_voxels=6, modality="mr", signal=signal,
-                                  baseline_end=baseline_end, echo_time=TE)
-    picked = np.zeros(brain.shape, bool)
-    picked[tuple(chosen.voxels.T)] = True
+    conc, chosen, picked = _select_mr_aif(signal, brain)
     assert np.all(saturated[picked])
     assert chosen.censored_frames >= 2
     truth = 2.6 * aif_true
