@@ -55,6 +55,12 @@ THRESHOLD_RANGE = (200.0, 1000.0)
 #: median: removes single-voxel noise outliers and keeps lesion edges, Huang et al. 1979, IEEE
 #: Trans Acoust Speech Signal Process 27:13).
 MEDIAN_FOOTPRINT = (3, 3, 1)
+#: Edge recovery after the median (see :func:`adc_core`): a voxel next to the filtered core is added
+#: back when its own ADC is below the threshold by at least this many ADC noise SDs. 0 recovers the
+#: corners of sharp-edged lesions best (phantom: -4 % mean volume error) but on gradual edges lets
+#: noise add voxels (a spherical lesion with a linear ADC ramp and noise SD 50: +14 to +32 %);
+#: half an SD balances the two (-5 to -12 % and +7 to +21 %).
+RIM_MARGIN_NOISE_SD = 0.5
 
 
 def _shells(bvals: np.ndarray) -> list[np.ndarray]:
@@ -139,6 +145,16 @@ def dwi_brain_mask(dwi, bvals, voxel_size_mm) -> np.ndarray:
     return brainmask.mr_brain_mask(mean_b0(dwi, bvals), voxel_size_mm)
 
 
+def _adc_noise_sd(adc: np.ndarray, filtered: np.ndarray, valid: np.ndarray) -> float:
+    """Robust ADC noise SD (1e-6 mm^2/s): 1.4826 x the median absolute deviation of the ADC minus
+    its running median over brain tissue (CSF excluded; Hampel 1974)."""
+    tissue = valid & (adc < CSF_ADC)
+    if not tissue.any():
+        return 0.0
+    resid = (adc - filtered)[tissue]
+    return 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+
+
 def adc_core(adc, brain_mask, voxel_size_mm, threshold: float = lesions.CORE_ADC_THRESHOLD,
              b0=None, min_cluster_ml: float = lesions.MIN_CLUSTER_ML,
              median_filter: bool = True) -> np.ndarray:
@@ -149,10 +165,18 @@ def adc_core(adc, brain_mask, voxel_size_mm, threshold: float = lesions.CORE_ADC
     1. ADC median-filtered in-plane over :data:`MEDIAN_FOOTPRINT` (noise outliers; Huang 1979) when
        ``median_filter``; voxels with ADC 0 (no signal, outside the fit) never count as core;
     2. candidate core: filtered ADC < ``threshold`` inside ``brain_mask``;
-    3. CSF clean-up: drop voxels that are CSF-bright on the b = 0 image (``b0`` > ``CSF_B0_RATIO`` x
+    3. edge recovery (with ``median_filter``): the running median trims a lesion's convex edges and
+       corners, where most of the 3 x 3 neighbours are normal tissue. Voxels next to the filtered
+       core (one conditional dilation in-plane, i.e. one step of morphological reconstruction;
+       Vincent 1993, IEEE Trans Image Process 2:176) whose own unfiltered ADC is below the
+       threshold by :data:`RIM_MARGIN_NOISE_SD` noise SDs are added back. Isolated noise voxels
+       stay out: they touch no filtered core. Measured on phantom DWI (SNR 25 and 50, 1.8 and 3 mm
+       voxels, 16 cases): mean core volume error -10 to -21 % with the median alone, -5 to -12 %
+       with the recovery;
+    4. CSF clean-up: drop voxels that are CSF-bright on the b = 0 image (``b0`` > ``CSF_B0_RATIO`` x
        brain median, when ``b0`` is given) or whose in-plane neighbourhood is mostly CSF by ADC
        (> ``CSF_ADC``; more than :data:`MAX_CSF_NEIGHBOUR_FRACTION` of the 3 x 3 voxels);
-    4. clusters (26-connected) smaller than ``min_cluster_ml`` removed.
+    5. clusters (26-connected) smaller than ``min_cluster_ml`` removed.
 
     Returns the boolean core mask on the ADC grid; its volume is ``lesions.volume_ml(mask, vs)``.
     """
@@ -170,6 +194,9 @@ def adc_core(adc, brain_mask, voxel_size_mm, threshold: float = lesions.CORE_ADC
     filled = np.where(adc > 0, adc, MAX_ADC)
     values = ndimage.median_filter(filled, size=MEDIAN_FOOTPRINT) if median_filter else adc
     core = valid & (values < threshold)
+    if median_filter:
+        rim = ndimage.binary_dilation(core, structure=np.ones(MEDIAN_FOOTPRINT, dtype=bool))
+        core |= rim & valid & (adc < threshold - RIM_MARGIN_NOISE_SD * _adc_noise_sd(adc, values, valid))
     csf = brain & (adc > CSF_ADC)
     csf_fraction = ndimage.uniform_filter(csf.astype(np.float32), size=(3, 3, 1))
     core &= csf_fraction <= MAX_CSF_NEIGHBOUR_FRACTION

@@ -104,13 +104,34 @@ def brain_with_lesion(shape=(80, 96, 24), vs=(2.0, 2.0, 5.0), radius_mm=18.0, rn
 
 @pytest.mark.parametrize("threshold", [550.0, 620.0, 650.0])
 def test_core_volume_matches_known_lesion(threshold):
+    """A lesion whose ADC ramps slowly through the threshold (22 units per mm against noise of 50):
+    the noisiest edge there is; the core still follows the threshold within 25 % (the edge recovery
+    adds noise-low voxels at such an edge: +7 to +21 %, see ``diffusion.RIM_MARGIN_NOISE_SD``)."""
     rng = np.random.default_rng(int(threshold))
     radius = 18.0
     adc, brain, _, b0, vs = brain_with_lesion(radius_mm=radius, rng=rng, noise=50.0)
     core = diffusion.adc_core(adc, brain, vs, threshold=threshold, b0=b0)
     r_core = radius * (threshold - 400.0) / 400.0
     true_ml = 4 / 3 * np.pi * r_core**3 / 1000
-    assert lesions.volume_ml(core, vs) == pytest.approx(true_ml, rel=0.15)
+    assert lesions.volume_ml(core, vs) == pytest.approx(true_ml, rel=0.25)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sharp_edged_core_keeps_its_edge_under_noise(seed):
+    """An infarct with a sharp ADC edge (520 inside, 800 outside) at DWI-SNR-25-like noise (ADC SD
+    100): the 3 x 3 median alone trims its rim (-8 to -12 %); the edge recovery keeps it within 5 %."""
+    rng = np.random.default_rng(seed)
+    _, brain, ventricles, b0, vs = brain_with_lesion()
+    ijk = np.indices(brain.shape).astype(float)
+    xyz = [(ijk[a] - (brain.shape[a] - 1) / 2) * vs[a] for a in range(3)]
+    lesion = np.sqrt((xyz[0] - 35) ** 2 + (xyz[1] - 20) ** 2 + xyz[2] ** 2) < 14.0
+    adc = np.where(brain, 800.0, 0.0)
+    adc[ventricles] = 3000.0
+    adc[lesion] = 520.0
+    adc = np.where(brain, adc + rng.normal(0, 100.0, adc.shape), 0.0).astype(np.float32)
+    core = diffusion.adc_core(adc, brain, vs, b0=b0)
+    assert lesions.volume_ml(core, vs) == pytest.approx(lesions.volume_ml(lesion, vs), rel=0.05)
+    assert np.count_nonzero(core & ~lesion) <= 0.02 * np.count_nonzero(lesion)
 
 
 def test_core_cleanup_removes_noise_and_csf_border_artefacts():
@@ -126,7 +147,8 @@ def test_core_cleanup_removes_noise_and_csf_border_artefacts():
     r_core = 18.0 * (620 - 400) / 400
     ijk = np.indices(brain.shape).astype(float)
     xyz = [(ijk[a] - (brain.shape[a] - 1) / 2) * vs[a] for a in range(3)]
-    lesion_zone = np.sqrt((xyz[0] - 35) ** 2 + (xyz[1] - 20) ** 2 + xyz[2] ** 2) < r_core + 4
+    # The ramp edge itself scatters by about the noise over the slope (90 / 22 per mm = 4 mm).
+    lesion_zone = np.sqrt((xyz[0] - 35) ** 2 + (xyz[1] - 20) ** 2 + xyz[2] ** 2) < r_core + 5
     assert np.count_nonzero(raw & ~lesion_zone) > 50  # the trap is real
     assert np.count_nonzero(core & ~lesion_zone) == 0
     assert lesions.volume_ml(core, vs) == pytest.approx(4 / 3 * np.pi * r_core**3 / 1000, rel=0.2)
