@@ -125,7 +125,8 @@ def test_group_level_rebuilds_the_same_table(bad_cohort, small_ctp_dataset):
 
 def test_exit_0_when_every_selected_session_succeeds(ctp_dataset_copy, tmp_path):
     assert main([str(ctp_dataset_copy), str(tmp_path / "out"), "participant",
-                 "-w", str(tmp_path / "work"), "--participant-label", "sub-ok"]) == 0
+                 "-w", str(tmp_path / "work"), "--participant-label", "sub-ok",
+                 "--no-motion-correction"]) == 0
 
 
 def test_exit_18_when_labels_match_nothing(ctp_dataset_copy, tmp_path, capsys):

@@ -23,7 +23,7 @@ N_SESSIONS = 3
 
 def _command(bids: Path, out: Path, work: Path) -> list[str]:
     return [sys.executable, "-m", "strokeperf.cli", str(bids), str(out), "participant",
-            "-w", str(work), "--nprocs", "1"]
+            "-w", str(work), "--nprocs", "1", "--no-motion-correction"]  # motion: its own tests
 
 
 def _assert_every_file_complete(out: Path) -> None:
