@@ -41,8 +41,10 @@ low baseline signal (partial volume with bone or air, susceptibility dropout; be
   ``ln(S0 / floor) / TE``, and only the frames above it are lost. They are the candidates, their
   curves censored at that level (the smallest level among the averaged voxels, so that the noise
   of the floor never enters the average); the arterial rules then choose among them. The number
-  of censored frames is recorded (the peak height, and so CBF before the VOF scaling, is then a
-  lower bound; the timing that Tmax depends on is kept).
+  of censored frames and, per frame, the fraction of averaged voxels at the level are recorded:
+  the curve is a lower bound there, its flat top too broad and too late, which shortens Tmax. The
+  DSC workflow fills those frames from the tissue curves
+  (:func:`strokeperf.aif_reconstruction.reconstruct_censored_aif`).
 
 VOF: the candidates peaking after the tissue with the largest area (the superior sagittal sinus is
 wide enough to be free of partial volume); ``n_voxels`` of them are averaged.
@@ -138,6 +140,9 @@ class InputFunction:
     censor_level : float
         MR only: the delta-R2* (1/s) above which the arterial curve is not observed (NaN when no
         frame is censored).
+    censored_fraction : ndarray (T,) or None
+        MR only: fraction of the averaged voxels that sit at ``censor_level`` in each frame;
+        ``curve`` is a lower bound wherever it is > 0 (None when nothing is censored).
     """
 
     curve: np.ndarray
@@ -152,6 +157,17 @@ class InputFunction:
     first_pass_area: float = np.nan
     censored_frames: int = 0
     censor_level: float = np.nan
+    censored_fraction: np.ndarray | None = None
+
+    def with_curve(self, curve) -> "InputFunction":
+        """The same voxels and censoring record with another curve (e.g. a reconstruction), its
+        peak, timing, width, fit quality, completeness and first-pass area recomputed."""
+        out = _input_function(np.asarray(curve, dtype=float)[None, :], np.array([0]), (1,),
+                              self.times)
+        out.voxels = self.voxels
+        out.censored_frames, out.censor_level = self.censored_frames, self.censor_level
+        out.censored_fraction = self.censored_fraction
+        return out
 
 
 def _features(curves: np.ndarray, t: np.ndarray):
@@ -506,6 +522,8 @@ def _select_censored(conc, frame_times, candidate_mask, n_voxels, exclude_mask, 
     # A frame is censored when most of the averaged voxels sit at the common level.
     out.censored_frames = int(np.sum(np.mean(chosen >= common, axis=0) > 0.5))
     out.censor_level = common
+    # The mean is only a lower bound wherever any of its voxels is censored.
+    out.censored_fraction = np.mean(chosen >= common, axis=0)
     return out
 
 

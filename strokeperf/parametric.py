@@ -271,6 +271,24 @@ class ParametricDeconvolution:
         flow[empty] = tmax[empty] = volume[empty] = 0.0
         return flow, tmax, volume
 
+    def explained_energy(self, curves, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
+        """Energy (sum of squares over the frames, baseline offset removed) of each curve (N, T)
+        that its best-fitting candidate explains, ``max_k <c, g_k>^2 / <g_k, g_k>`` with
+        non-negative flow; the residual energy of the best fit is the curve's centred energy minus
+        this (used to compare input functions: :mod:`strokeperf.aif_reconstruction`)."""
+        curves = np.asarray(curves)
+        if curves.ndim != 2 or curves.shape[1] != self.frame_times.size:
+            raise DataError(f"curves must be (N, {self.frame_times.size}), got {curves.shape}")
+        out = np.empty(curves.shape[0])
+        for start in range(0, curves.shape[0], chunk_size):
+            c = np.asarray(curves[start:start + chunk_size], dtype=np.float32)
+            c = c - c.mean(axis=1, keepdims=True)
+            proj = np.maximum(c @ self._atoms_t, 0.0)
+            proj *= proj
+            proj *= self._inv_norm2
+            out[start:start + c.shape[0]] = proj.max(axis=1)
+        return out
+
     def fit(self, curves, chunk_size: int = DEFAULT_CHUNK_SIZE) -> "ParametricFit":
         """Fit tissue curves (N, T) at the model's frame times; returns a :class:`ParametricFit`."""
         curves = np.asarray(curves)
