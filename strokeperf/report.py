@@ -512,6 +512,8 @@ def input_function_figure(m: _Modality, curves: pd.DataFrame, units: str) -> str
     grid = fig.add_gridspec(1, 1 + len(has_voxels), width_ratios=[2.2] + [1] * len(has_voxels))
     ax = fig.add_subplot(grid[0, 0])
     for column, label, color, style in (("aif", "AIF", AIF_COLOR, "-"),
+                                        ("aif_measured", "AIF as measured (saturated)", AIF_COLOR,
+                                         ":"),
                                         ("aif_scaled", "AIF scaled to VOF", SCALED_COLOR, "--"),
                                         ("vof", "VOF", VOF_COLOR, "-")):
         if column in curves and curves[column].notna().any():

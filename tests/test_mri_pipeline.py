@@ -1,8 +1,10 @@
 """DSC-MRI sessions end to end against the digital phantom's truth (issue 4).
 
-Phantom seeds 61-64 were never used to choose any constant (development of the DSC workflow looked
-at seed 61 only to find bugs, with the acceptance limits fixed beforehand by the issue). Coarse
-grids (3 x 3 x 5 mm) keep the module near two minutes on 2 cores.
+Phantom seeds 61-64 were never used to choose a constant of the DSC workflow (its development looked
+at seed 61 only to find bugs, with the acceptance limits fixed beforehand by the issue); the later
+reconstruction of the saturated AIF was developed on seeds 61-68 at this grid, so its figures on
+unseen seeds (71-76) are in docs/accuracy.md. Coarse grids (3 x 3 x 5 mm) keep the module near two
+minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -88,6 +90,23 @@ def test_tmax6_volume_matches_truth(mri):
     got, want = table.loc[("sub-m61", "dsc")], truth.loc["sub-m61"]
     assert within(got["tmax6_ml"], want["tmax6_ml"], 0.20, 5.0), (got["tmax6_ml"],
                                                                   want["tmax6_ml"])
+
+
+def test_saturated_aif_is_reconstructed_and_tmax10_follows_the_truth(mri):
+    """The phantom's arterial signal reaches the noise floor at the bolus peak. With the censored
+    AIF Tmax > 10 s read 86 % low on this session; with its peak reconstructed from the tissue
+    curves it stays within 30 % (the phantom's own true AIF gives -31 % on this coarse grid)."""
+    root, table, truth = mri
+    got, want = table.loc[("sub-m61", "dsc")], truth.loc["sub-m61"]
+    assert within(got["tmax10_ml"], want["tmax10_ml"], 0.30, 5.0), (got["tmax10_ml"],
+                                                                    want["tmax10_ml"])
+    sidecar = json.loads((root / "out/sub-m61/perf/sub-m61_desc-dsc_volumes.json").read_text())
+    reconstruction = sidecar["AIFReconstruction"]
+    assert reconstruction["applied"] and reconstruction["censored_frames"] >= 3
+    assert reconstruction["first_pass"]["peak"] > 2 * reconstruction["censor_level"]
+    series = pd.read_csv(root / "out/sub-m61/perf/sub-m61_desc-dsc_timeseries.tsv", sep="\t")
+    assert (series["aif"] >= series["aif_measured"] - 1e-3).all()
+    assert series["aif"].max() > 2 * series["aif_measured"].max()
 
 
 def test_lesion_free_session_has_no_core_or_hypoperfusion(mri):

@@ -139,11 +139,13 @@ def user_aif(session: dict, conc: np.ndarray, times: np.ndarray, affine: np.ndar
 
 
 def write_input_functions(aif, vof, times: np.ndarray, shape, affine,
-                          source: dict | None = None) -> tuple[Path, Path, Path]:
+                          source: dict | None = None,
+                          extra: dict | None = None) -> tuple[Path, Path, Path]:
     """Scale the AIF by the VOF; write the input-function record (JSON) and the voxel masks.
 
     ``source``: how the AIF was obtained, ``{"type": "automatic"}`` (default) or ``{"type":
-    "mask", "file": path}`` (the user's mask)."""
+    "mask", "file": path}`` (the user's mask). ``extra``: further record entries (the DSC path's
+    measured curve and reconstruction of a saturated AIF)."""
     scaled, factor = aif.curve, 1.0
     if vof is not None:
         scaled, factor = aif_stage.scale_aif_by_vof(aif, vof)
@@ -161,6 +163,7 @@ def write_input_functions(aif, vof, times: np.ndarray, shape, affine,
         "vof_complete": None if vof is None else bool(vof.complete),
         "aif_source": dict(source or {"type": "automatic"}),
         "aif_censored_frames": int(getattr(aif, "censored_frames", 0)),
+        **(extra or {}),
     }
     aif_path = Path.cwd() / "input_functions.json"
     aif_path.write_text(json.dumps(record, indent=1))

@@ -177,20 +177,30 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
                            "aif_scaled": record["aif_scaled"], "vof": record["vof"] or "n/a",
                            "tissue_normal": tissue.get("tissue_normal") or "n/a",
                            "tissue_hypoperfused": tissue.get("tissue_hypoperfused") or "n/a"})
+    reconstruction = record.get("aif_reconstruction")
+    if record.get("aif_measured") is not None:
+        curves.insert(2, "aif_measured", record["aif_measured"])
     ts = out_dir / f"{prefix}_desc-{mod}_timeseries.tsv"
     io.write_text(ts, curves.to_csv(sep="\t", index=False, lineterminator="\n", float_format="%.4g"))
     io.write_json(ts.with_suffix(".json"), {
         "time": {"Description": "Frame onset", "Units": "s"},
-        "aif": {"Description": "Arterial input function, mean of the AIF voxels",
+        "aif": {"Description": "Arterial input function, mean of the AIF voxels (DSC with a "
+                               "saturated arterial signal: its censored frames reconstructed, see "
+                               "aif_measured and AIFReconstruction)",
                 "Units": "HU" if mod == "ctp" else "1/s"},
         "aif_scaled": {"Description": "AIF scaled to the VOF area (partial-volume correction), "
                                       "used for deconvolution"},
+        **({"aif_measured": {"Description": "Mean of the AIF voxels as measured: censored at the "
+                                            "noise floor, so a lower bound in the censored frames; "
+                                            "'aif' has those frames reconstructed"}}
+           if "aif_measured" in curves else {}),
         "vof": {"Description": "Venous output function"},
         "tissue_normal": {"Description": "Mean concentration of reference tissue (Tmax < 4 s)"},
         "tissue_hypoperfused": {"Description": "Mean concentration of tissue with Tmax > 6 s"},
         **{k: record[k] for k in ("partial_volume_factor", "aif_quality", "aif_arrival_s",
                                   "aif_ttp_s", "aif_fwhm_s", "vof_complete")},
         "AIFSource": _aif_source(record),
+        **({"AIFReconstruction": reconstruction} if reconstruction else {}),
         "Sources": sources,
     })
     row = tables.session_row(f"sub-{session['subject']}",
@@ -204,6 +214,7 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
         "Sources": sources, "Parameters": parameters, "ProfileRules": profile_rules(),
         "AIFQuality": record["aif_quality"],
         "AIFSource": _aif_source(record),
+        **({"AIFReconstruction": reconstruction} if reconstruction else {}),
         "QCFlags": {flag: qc_rule(flag) for flag in results.get("qc_flags", [])},
         **({"CoreMethod": core_method} if core_method else {}),
         **({"MotionCorrection": {"FramesExcluded": int(sum(motion["excluded"])),

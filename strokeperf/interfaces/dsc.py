@@ -14,7 +14,7 @@ from pydra.compose import python
 from scipy import ndimage
 
 from strokeperf import aif as aif_stage
-from strokeperf import brainmask, concentration, diffusion, lesions, registration
+from strokeperf import aif_reconstruction, brainmask, concentration, diffusion, lesions, registration
 from strokeperf.errors import DataError, InputError
 from strokeperf.inputs import Session, load_adc, load_dwi, load_perfusion
 from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array, voxel_size
@@ -101,15 +101,18 @@ def dsc_concentration(session: dict, dsc_file: File, frame_times: list, echo_tim
 
 @records_failure
 def mr_input_functions(session: dict, concentration_file: File, dsc_file: File, frame_times: list,
-                       echo_time: float, bolus: dict,
-                       vessel_search_mask: File) -> tuple[File, File, File]:
+                       echo_time: float, bolus: dict, vessel_search_mask: File,
+                       tissue_concentration_file: File, brain_mask: File) -> tuple[File, File, File]:
     """MR AIF (the user's mask ``session["aif_mask_file"]`` when there is one, else
     :func:`aif.select_mr_aif`: the most arterial voxels, censored at the noise floor when the
-    arterial signal reaches it) and VOF; the AIF is scaled to the VOF's area."""
+    arterial signal reaches it, the censored frames then reconstructed from the brain's tissue
+    curves by :func:`aif_reconstruction.reconstruct_censored_aif`) and VOF; the AIF is scaled to
+    the VOF's area."""
     conc, affine = load_array(concentration_file)
     search = load_mask(vessel_search_mask)
     times = np.asarray(frame_times, dtype=float)
     aif, source = user_aif(session, conc, times, affine, search)
+    extra = {}
     if aif is None:
         signal, _ = load_array(dsc_file)
         try:
@@ -118,8 +121,37 @@ def mr_input_functions(session: dict, concentration_file: File, dsc_file: File, 
         except DataError as exc:
             raise InputError(_source(session), str(exc)) from exc
         del signal
+        if aif.censored_fraction is not None and np.any(aif.censored_fraction > 0):
+            aif, extra = _reconstruct_saturated_aif(session, aif, times, tissue_concentration_file,
+                                                    brain_mask)
     vof = aif_stage.select_vof(conc, times, search, aif)
-    return write_input_functions(aif, vof, times, conc.shape[:3], affine, source)
+    return write_input_functions(aif, vof, times, conc.shape[:3], affine, source, extra)
+
+
+def _reconstruct_saturated_aif(session: dict, aif, times: np.ndarray, tissue_concentration_file,
+                               brain_mask) -> tuple:
+    """The censored AIF with its censored frames filled from the tissue, and the record entries
+    that describe it (``aif_measured``, ``aif_censored_fraction``, ``aif_reconstruction``)."""
+    tissue, _ = load_array(tissue_concentration_file)
+    try:
+        curves = aif_reconstruction.sample_tissue(tissue, load_mask(brain_mask))
+        del tissue
+        result = aif_reconstruction.reconstruct_censored_aif(aif.curve, aif.censored_fraction,
+                                                             aif.censor_level, times, curves)
+    except DataError as exc:
+        raise InputError(_source(session), str(exc)) from exc
+    extra = {"aif_measured": np.asarray(aif.curve).tolist(),
+             "aif_censored_fraction": np.round(aif.censored_fraction, 4).tolist(),
+             "aif_reconstruction": {
+                 "method": "censored frames filled with a gamma-variate first pass fitted to the "
+                           "tissue curves' likelihood",
+                 "censored_frames": int(aif.censored_frames),
+                 "censor_level": float(aif.censor_level),
+                 "first_pass": result.first_pass,
+                 "log_likelihood_gain": result.log_likelihood_gain,
+                 "tissue_curves": result.tissue_curves,
+                 "applied": bool(result.first_pass)}}
+    return (aif.with_curve(result.curve) if result.first_pass else aif), extra
 
 
 @records_failure

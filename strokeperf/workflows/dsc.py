@@ -11,8 +11,11 @@ segmented on the mean pre-contrast image (S0) and CSF identified as its bright v
 was converted to delta-R2* = -ln(S/S0)/TE, optionally corrected for contrast leakage
 (Boxerman-Schmainda-Weisskoff), and smoothed within the brain. The arterial input function was
 selected automatically (early, high, narrow curves, excluding venous ones): where the arterial
-signal reached the noise floor, from those voxels with delta-R2* censored at the floor level, else
-among voxels whose signal stayed above it; it was scaled to the area of the venous output function.
+signal reached the noise floor, from those voxels with delta-R2* censored at the floor level, the
+censored frames then filled with the gamma-variate first pass under which the brain's tissue curves
+were most likely given the tracer-kinetic model (model-based blind estimation, Fluckiger et al.
+2009), else among voxels whose signal stayed above it; it was scaled to the area of the venous
+output function.
 The tissue curves were deconvolved (by default a Bayesian fit of a tracer-kinetic model of delay,
 dispersion and transit time) to give CBF, CBV, MTT, Tmax and TTP; relative maps were normalised to
 tissue with Tmax < 4 s and hypoperfusion was Tmax > 6 s, CSF and large vessels excluded and
@@ -56,7 +59,9 @@ def DSCSession(session: dict, output_dir: str, run_id: str, config: dict) -> Fil
                                            dsc_file=motion.corrected,
                                            frame_times=motion.frame_times,
                                            echo_time=load.echo_time, bolus=masks.bolus,
-                                           vessel_search_mask=masks.vessel_search_mask))
+                                           vessel_search_mask=masks.vessel_search_mask,
+                                           tissue_concentration_file=conc.tissue_concentration,
+                                           brain_mask=masks.brain_mask))
     maps = workflow.add(Deconvolve(session=session, concentration_file=conc.tissue_concentration,
                                    brain_mask=masks.brain_mask,
                                    input_functions_file=inputs.input_functions,
