@@ -217,6 +217,13 @@ if ! mysqladmin ping --silent >/dev/null 2>&1; then
         </dev/null >>"$LOG_DIR/mariadb.log" 2>&1
 fi
 wait_for "mariadb" mysqladmin ping --silent
+if [[ ! -e $BASE/state/job_state ]] && ! pid_alive "$BASE/slurmdbd.pid"; then
+    # A fresh controller state numbers jobs from 1 again; the accounting records of an earlier
+    # cluster on this host (its state wiped with /tmp, the database kept) would then answer sacct
+    # for the new jobs with the old jobs' states.
+    echo "fresh controller state: dropping old accounting records"
+    mysql -u root -e "DROP DATABASE IF EXISTS $DB_NAME"
+fi
 mysql -u root <<EOF
 CREATE DATABASE IF NOT EXISTS $DB_NAME;
 CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASS';
