@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     meth.add_argument("--denoise-fwhm", dest="denoise_fwhm_mm", type=float, metavar="MM",
                       help="in-brain spatial smoothing of the concentration (FWHM, mm; 0 = none)")
     meth.add_argument("--core-rcbf", type=float, help="CTP core: rCBF below this (default 0.30)")
+    meth.add_argument("--core-rcbf-fwhm", dest="core_rcbf_fwhm_mm", type=float, metavar="MM",
+                      help="CTP core: smoothing of rCBF within tissue before the threshold "
+                           "(FWHM, mm; default 5, 0 = none)")
     meth.add_argument("--core-adc", type=float,
                       help="MRI core: ADC below this, 1e-6 mm^2/s (default 620)")
     meth.add_argument("--tmax-thresholds", type=float, nargs="+", metavar="S",
@@ -194,7 +197,8 @@ def run_participant(args) -> int:
     work_dir = args.work_dir.resolve()
     parameters = load_parameters(
         args.config, frame_interval=args.frame_interval, deconvolution=args.deconvolution,
-        denoise_fwhm_mm=args.denoise_fwhm_mm, core_rcbf=args.core_rcbf, core_adc=args.core_adc,
+        denoise_fwhm_mm=args.denoise_fwhm_mm, core_rcbf=args.core_rcbf,
+        core_rcbf_fwhm_mm=args.core_rcbf_fwhm_mm, core_adc=args.core_adc,
         tmax_thresholds=args.tmax_thresholds, min_cluster_ml=args.min_cluster_ml,
         vessel_cbv=args.vessel_cbv, motion_correction=args.motion_correction,
         leakage_correction=args.leakage_correction, normalise=args.normalise,

@@ -39,6 +39,8 @@ class Parameters:
     deconvolution_options: dict = field(default_factory=dict)
     denoise_fwhm_mm: float = concentration.DENOISE_FWHM_MM
     core_rcbf: float = lesions.CORE_RCBF_THRESHOLD
+    #: Smoothing of rCBF within tissue before the core threshold, FWHM in mm (0: none).
+    core_rcbf_fwhm_mm: float = lesions.CORE_RCBF_FWHM_MM
     core_adc: float = lesions.CORE_ADC_THRESHOLD
     tmax_thresholds: tuple = lesions.TMAX_THRESHOLDS_S
     min_cluster_ml: float = lesions.MIN_CLUSTER_ML
@@ -73,8 +75,11 @@ class Parameters:
             if not Path(self.aif_mask_dir).is_dir():
                 raise MissingInputError(self.aif_mask_dir, "AIF mask directory not found")
             self.aif_mask_dir = str(Path(self.aif_mask_dir).resolve())
-        if self.min_cluster_ml < 0 or self.denoise_fwhm_mm < 0 or self.vessel_cbv <= 0:
-            raise ConfigError("min_cluster_ml and denoise_fwhm_mm must be >= 0, vessel_cbv > 0")
+        for name in ("min_cluster_ml", "denoise_fwhm_mm", "core_rcbf_fwhm_mm"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.vessel_cbv > 0:
+            raise ConfigError(f"vessel_cbv must be > 0, got {self.vessel_cbv}")
         return self
 
     def to_dict(self) -> dict:

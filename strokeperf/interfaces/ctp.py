@@ -195,7 +195,8 @@ def ctp_lesions(session: dict, perfusion_maps: list[File], brain_mask: File, csf
                 concentration_file: File, input_functions_file: File, frame_times: list,
                 core_rcbf: float, tmax_thresholds: list,
                 min_cluster_ml: float, vessel_cbv: float, age: float | None = None,
-                nihss: float | None = None, motion: dict | None = None) -> tuple[list[File], dict]:
+                nihss: float | None = None, motion: dict | None = None,
+                core_rcbf_fwhm_mm: float = lesions.CORE_RCBF_FWHM_MM) -> tuple[list[File], dict]:
     """Relative maps, tissue, core and Tmax masks, volumes (mL), mismatch metrics and profiles.
 
     Also the mean concentration curves of normal (reference) and hypoperfused tissue, for the report,
@@ -204,7 +205,7 @@ def ctp_lesions(session: dict, perfusion_maps: list[File], brain_mask: File, csf
     found = hypoperfusion(session, perfusion_maps, brain_mask, csf_mask, tmax_thresholds,
                           min_cluster_ml, vessel_cbv)
     core = lesions.ctp_core(found.rcbf, found.hypoperfused, found.voxel_size, core_rcbf,
-                            min_cluster_ml)
+                            min_cluster_ml, tissue=found.tissue, fwhm_mm=core_rcbf_fwhm_mm)
     results = session_results(found, lesions.volume_ml(core, found.voxel_size),
                               f"rCBF<{core_rcbf:.2f}", age, nihss)
     results.update(curves_and_qc(found, concentration_file, input_functions_file, frame_times,

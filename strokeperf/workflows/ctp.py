@@ -15,8 +15,9 @@ ones) and scaled to the area of the venous output function to correct partial vo
 curves were deconvolved (by default a Bayesian fit of a tracer-kinetic model of delay, dispersion
 and transit time; see the deconvolution parameter) to give CBF, CBV, MTT, Tmax and TTP.
 Relative CBF and CBV were normalised to tissue with Tmax < 4 s; hypoperfusion was Tmax > 6 s, the
-ischemic core rCBF < 30 % inside it, CSF and large vessels excluded and clusters under the minimum
-size removed."""
+ischemic core rCBF < 30 % inside it (rCBF smoothed within tissue, 5 mm full width at half maximum by
+default, so that its per-voxel noise does not turn penumbra into core), CSF and large vessels
+excluded and clusters under the minimum size removed."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def CTPSession(session: dict, output_dir: str, run_id: str, config: dict) -> Fil
                                      input_functions_file=inputs.input_functions,
                                      frame_times=motion.frame_times,
                                      core_rcbf=config["core_rcbf"],
+                                     core_rcbf_fwhm_mm=config["core_rcbf_fwhm_mm"],
                                      tmax_thresholds=list(config["tmax_thresholds"]),
                                      min_cluster_ml=config["min_cluster_ml"],
                                      vessel_cbv=config["vessel_cbv"],

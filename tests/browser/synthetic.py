@@ -82,7 +82,7 @@ def write_session(output_dir, subject="01", session=None, modality="ctp", shape=
     maps["rcbv"] = lesions.relative_map(maps["cbv"], reference)
     tmax_masks = lesions.tmax_lesions(maps["tmax"], tissue, voxel_size)
     hyp = tmax_masks[6.0]
-    core = lesions.ctp_core(maps["rcbf"], hyp, voxel_size)
+    core = lesions.ctp_core(maps["rcbf"], hyp, voxel_size, tissue=tissue)
     aif = np.zeros(shape, bool)
     aif[shape[0] // 2 - 2: shape[0] // 2 + 2, int(shape[1] * 0.7), shape[2] // 2] = True
     vof = np.zeros(shape, bool)
