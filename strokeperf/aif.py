@@ -519,11 +519,11 @@ def _select_censored(conc, frame_times, candidate_mask, n_voxels, exclude_mask, 
     chosen = np.minimum(flat[rows[best]].astype(np.float64), common)
     out = _input_function(chosen, np.arange(best.size), (best.size,), t)
     out.voxels = np.column_stack(np.unravel_index(rows[best], conc.shape[:3])).astype(int)
-    # A frame is censored when most of the averaged voxels sit at the common level.
-    out.censored_frames = int(np.sum(np.mean(chosen >= common, axis=0) > 0.5))
-    out.censor_level = common
-    # The mean is only a lower bound wherever any of its voxels is censored.
+    # The mean is only a lower bound wherever any of its voxels is censored; a frame counts as
+    # censored when most of them sit at the common level.
     out.censored_fraction = np.mean(chosen >= common, axis=0)
+    out.censored_frames = int(np.sum(out.censored_fraction > 0.5))
+    out.censor_level = common
     return out
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from strokeperf import concentration
+
 #: Tmax thresholds reported, seconds (SPEC.md).
 TMAX_THRESHOLDS_S = (4.0, 6.0, 8.0, 10.0)
 #: Tmax above which tissue is hypoperfused, seconds (DEFUSE 3).
@@ -125,19 +127,16 @@ def tmax_lesions(tmax, tissue, voxel_size_mm, thresholds_s=TMAX_THRESHOLDS_S,
 
 
 def smooth_within(values, mask, fwhm_mm: float, voxel_size_mm) -> np.ndarray:
-    """Gaussian smoothing (FWHM in mm, anisotropic voxels allowed) of ``values`` over ``mask`` voxels
-    only: normalised convolution, so that voxels outside the mask (CSF, air) neither enter the average
-    nor dilute it. Voxels outside the mask keep their value; float32."""
-    values = np.asarray(values, dtype=np.float64)
+    """Gaussian smoothing (FWHM in mm) of a 3D map over ``mask`` voxels only, by the normalised
+    convolution of :func:`concentration.denoise`: voxels outside the mask (CSF, air) neither enter
+    the average nor dilute it. Voxels outside the mask keep their value; float32."""
+    out = np.array(values, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)
     if fwhm_mm <= 0 or not mask.any():
-        return values.astype(np.float32)
-    sigma = fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / np.asarray(voxel_size_mm, dtype=float)
-    weight = ndimage.gaussian_filter(mask.astype(np.float64), sigma, mode="constant")
-    total = ndimage.gaussian_filter(np.where(mask, values, 0.0), sigma, mode="constant")
-    out = values.copy()
-    out[mask] = total[mask] / np.maximum(weight[mask], 1e-12)
-    return out.astype(np.float32)
+        return out
+    smoothed = concentration.denoise(out[..., None], mask, voxel_size_mm, fwhm_mm)[..., 0]
+    out[mask] = smoothed[mask]
+    return out
 
 
 def ctp_core(rcbf, hypoperfused, voxel_size_mm, rcbf_threshold=CORE_RCBF_THRESHOLD,

@@ -271,14 +271,19 @@ class ParametricDeconvolution:
         flow[empty] = tmax[empty] = volume[empty] = 0.0
         return flow, tmax, volume
 
+    def _check_curves(self, curves) -> np.ndarray:
+        """``curves`` as an (N, T) array at the model's frame times, or :class:`DataError`."""
+        curves = np.asarray(curves)
+        if curves.ndim != 2 or curves.shape[1] != self.frame_times.size:
+            raise DataError(f"curves must be (N, {self.frame_times.size}), got {curves.shape}")
+        return curves
+
     def explained_energy(self, curves, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
         """Energy (sum of squares over the frames, baseline offset removed) of each curve (N, T)
         that its best-fitting candidate explains, ``max_k <c, g_k>^2 / <g_k, g_k>`` with
         non-negative flow; the residual energy of the best fit is the curve's centred energy minus
         this (used to compare input functions: :mod:`strokeperf.aif_reconstruction`)."""
-        curves = np.asarray(curves)
-        if curves.ndim != 2 or curves.shape[1] != self.frame_times.size:
-            raise DataError(f"curves must be (N, {self.frame_times.size}), got {curves.shape}")
+        curves = self._check_curves(curves)
         out = np.empty(curves.shape[0])
         for start in range(0, curves.shape[0], chunk_size):
             c = np.asarray(curves[start:start + chunk_size], dtype=np.float32)
@@ -291,9 +296,7 @@ class ParametricDeconvolution:
 
     def fit(self, curves, chunk_size: int = DEFAULT_CHUNK_SIZE) -> "ParametricFit":
         """Fit tissue curves (N, T) at the model's frame times; returns a :class:`ParametricFit`."""
-        curves = np.asarray(curves)
-        if curves.ndim != 2 or curves.shape[1] != self.frame_times.size:
-            raise DataError(f"curves must be (N, {self.frame_times.size}), got {curves.shape}")
+        curves = self._check_curves(curves)
         n = curves.shape[0]
         flow, tmax, volume = np.empty(n), np.empty(n), np.empty(n)
         n_free = max(self.frame_times.size - N_MODEL_PARAMETERS, 1)
