@@ -6,6 +6,10 @@ against the phantom's truth.
 
     python benchmarks/pipeline.py                      # whole brain, about 120 x 144 x 30 x 45
     python benchmarks/pipeline.py --seed 7 --irregular --voxel-size 2 2 5
+    python benchmarks/pipeline.py --seed 51 --phantom noise_hu=20 residue_shape=1
+
+``--phantom`` sets any field of ``strokeperf.phantom.PhantomConfig`` (robustness sweeps over noise,
+residue shape, dispersion, timing); values are read as Python literals.
 
 The pipeline runs in a subprocess so that its peak memory is measured alone.
 """
@@ -13,6 +17,7 @@ The pipeline runs in a subprocess so that its peak memory is measured alone.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import resource
 import subprocess
@@ -39,7 +44,18 @@ def main(argv=None) -> int:
     p.add_argument("--keep", type=Path, help="keep the dataset and outputs in this folder")
     p.add_argument("--normalise", action="store_true",
                    help="also normalise to the template (prints the normalisation time)")
+    p.add_argument("--phantom", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="further PhantomConfig fields, e.g. noise_hu=20 lesion_dispersion_s=5")
     args = p.parse_args(argv)
+    extra = {}
+    for item in args.phantom:
+        field, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--phantom expects FIELD=VALUE, got {item!r}")
+        try:
+            extra[field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            extra[field] = value                                    # a plain string
 
     from strokeperf.phantom import PhantomConfig, generate_dataset, read_truth
 
@@ -47,7 +63,7 @@ def main(argv=None) -> int:
     bids = root / "bids"
     t0 = time.perf_counter()
     config = PhantomConfig(seed=args.seed, voxel_size_mm=tuple(args.voxel_size) if args.voxel_size
-                           else None, irregular=args.irregular, lesion=not args.no_lesion)
+                           else None, irregular=args.irregular, lesion=not args.no_lesion, **extra)
     generate_dataset(bids, config, participant="bench", modalities=("ctp",))
     t_phantom = time.perf_counter() - t0
     ctp = next(bids.glob("sub-bench/ct/*_ctp.nii.gz"))

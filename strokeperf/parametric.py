@@ -222,20 +222,28 @@ class ParametricDeconvolution:
         g = np.convolve(np.interp(t[0] + tau, t, self.aif), r)[: tau.size] * FINE_DT_S
         return np.interp(t - t[0] - delay, tau, g, left=0.0)
 
-    def _posterior_means(self, c: np.ndarray, n_free: int):
-        """Posterior means of peak flow (1/s), Tmax (s) and volume for a chunk of curves (n, T).
+    @property
+    def candidate_tmax(self) -> np.ndarray:
+        """Tmax of every candidate (delay + time of the effective residue's maximum), s (K,)."""
+        return self._tmax_atoms
 
-        Returns ``flow`` = F max(h conv R) (1/s), ``tmax`` (s) and ``volume`` = F MTT (the area ratio
-        of the fitted curve, dimensionless).
+    @property
+    def log_prior(self) -> np.ndarray:
+        """The default log prior weight of every candidate (flat in Tmax), (K,)."""
+        return self._log_prior
 
+    def _weights(self, c: np.ndarray, n_free: int, log_prior: np.ndarray):
+        """Unnormalised posterior weights of every candidate for a chunk of curves (n, T).
+
+        Returns ``weights`` (n, K), each candidate's least-squares flow ``F`` (n, K) and a mask (n,)
+        of the curves that carry no tracer (no fit).
 
         Gaussian noise: candidate k's log-likelihood exceeds the best one's by
         ``-(score_best - score_k) / (2 sigma^2)``, with ``score_k = <c,g_k>^2/<g_k,g_k>`` the fall in
         residual it achieves (curve and candidate centred over the frames, which profiles out the
-        baseline offset; flow at its least-squares value, non-negative); the log prior (flat in Tmax)
-        is added. The noise variance is the residual of the best candidate per degree of freedom,
-        floored so that a curve the model matches exactly does not collapse the posterior onto one
-        grid point.
+        baseline offset; flow at its least-squares value, non-negative); the log prior is added.
+        The noise variance is the residual of the best candidate per degree of freedom, floored so
+        that a curve the model matches exactly does not collapse the posterior onto one grid point.
         """
         mean_c = c.mean(axis=1, keepdims=True)
         c = c - mean_c
@@ -244,7 +252,7 @@ class ParametricDeconvolution:
         # projection is the centred one plus T mean(c) mean(g)); a curve without (air, CSF, a
         # non-physical dip) has no fit, as the offset would otherwise read a dip as a late bolus.
         raw = proj + (c.shape[1] * mean_c) * self._atom_means
-        has_tracer = raw.max(axis=1) > 0
+        no_tracer = ~(raw.max(axis=1) > 0)
         del raw
         np.maximum(proj, 0.0, out=proj)                                 # non-negative flow
         score = proj * proj
@@ -254,15 +262,40 @@ class ParametricDeconvolution:
         sigma2 = np.maximum((energy - best) / n_free, NOISE_FLOOR * energy / c.shape[1]) + 1e-12
         score -= best[:, None]
         score *= (0.5 / sigma2)[:, None]
-        score += self._log_prior
+        score += log_prior
         score -= score.max(axis=1, keepdims=True)
         weights = np.exp(score, out=score)                              # in place: (n, K)
         weights *= proj > 0
+        proj *= self._inv_norm2                                         # least-squares F per candidate
+        return weights, proj, no_tracer
+
+    def posterior_weights(self, curves, log_prior=None) -> np.ndarray:
+        """Posterior probability of every candidate (n, K) for curves (n, T), under ``log_prior``
+        (K,; default :attr:`log_prior`); rows of curves without tracer are zero. Memory grows as
+        n x K: pass chunks of about :data:`DEFAULT_CHUNK_SIZE` curves (for studies of the estimator,
+        ``benchmarks/tmax_priors.py``)."""
+        c = np.asarray(self._check_curves(curves), dtype=np.float32)
+        prior = self._log_prior if log_prior is None else np.asarray(log_prior, dtype=np.float32)
+        n_free = max(self.frame_times.size - N_MODEL_PARAMETERS, 1)
+        weights, _, no_tracer = self._weights(c, n_free, prior)
+        total = weights.sum(axis=1, keepdims=True)
+        no_fit = (total[:, 0] <= 0) | no_tracer
+        weights /= np.where(no_fit[:, None], 1.0, total)
+        weights[no_fit] = 0.0
+        return weights
+
+    def _posterior_means(self, c: np.ndarray, n_free: int):
+        """Posterior means of peak flow (1/s), Tmax (s) and volume for a chunk of curves (n, T).
+
+        Returns ``flow`` = F max(h conv R) (1/s), ``tmax`` (s) and ``volume`` = F MTT (the area ratio
+        of the fitted curve, dimensionless); the weights are those of :meth:`_weights` under the
+        default prior (flat in Tmax).
+        """
+        weights, proj, no_tracer = self._weights(c, n_free, self._log_prior)
         total = weights.sum(axis=1)
         # A curve with no positive projection on any candidate (no tracer: CSF, air) has no fit.
-        empty = (total <= 0) | ~has_tracer
+        empty = (total <= 0) | no_tracer
         total[empty] = 1.0
-        proj *= self._inv_norm2                                         # least-squares F per candidate
         # CBV: area of the fitted curve, F * MTT; CBF: peak of the effective residue, F max(h conv R).
         volume = np.einsum("nk,nk->n", weights, proj * self._mtt_atoms) / total
         proj *= self._peak_atoms

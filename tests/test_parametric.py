@@ -130,3 +130,20 @@ def test_curves_without_tracer_give_zero(model):
 def test_rejects_an_aif_without_area():
     with pytest.raises(DataError, match="no positive area"):
         ParametricDeconvolution(np.zeros(T.size), T)
+
+
+def test_posterior_weights_are_the_distribution_behind_the_reported_tmax(model):
+    """The public posterior (used to study other Tmax estimators) is a probability over candidates
+    whose mean is exactly the Tmax the fit reports; a curve without tracer has no posterior, and a
+    prior that excludes every late candidate moves the estimate early."""
+    rng = np.random.default_rng(3)
+    curves = np.vstack([0.01 * model.model_curve(d, 6.0, 1.5, 2.0) for d in (1.0, 5.0, 9.0)])
+    curves = np.vstack([curves + rng.normal(0.0, 0.3, curves.shape), np.zeros(T.size)])
+    weights = model.posterior_weights(curves)
+    assert weights.shape == (4, model.candidate_tmax.size)
+    np.testing.assert_allclose(weights[:3].sum(axis=1), 1.0, rtol=1e-5)
+    assert np.all(weights[3] == 0)
+    np.testing.assert_allclose(weights[:3] @ model.candidate_tmax, model.fit(curves).tmax[:3],
+                               atol=1e-3)
+    early_only = np.where(model.candidate_tmax < 6.0, model.log_prior, -np.inf)
+    assert (model.posterior_weights(curves[2:3], early_only) @ model.candidate_tmax)[0] < 6.0
