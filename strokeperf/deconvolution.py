@@ -695,7 +695,7 @@ def _perfusion_maps(conc, mask, aif_curve, frame_times, method, chunk_size, **op
     values = {name: np.zeros(index.size, dtype=np.float32) for name in names}
     for start in range(0, index.size, chunk_size):
         sel = index[start:start + chunk_size]
-        fit = model.fit(flat[sel], chunk_size=chunk_size)
+        fit = model.fit(flat[sel])          # each method blocks its own work for speed
         cbv = np.clip(fit.cbv, 0, None)
         # A curve without positive area carries no tracer: its residue peak is noise.
         cbf = np.where(cbv > 0, np.clip(fit.cbf, 0, None), 0.0)
