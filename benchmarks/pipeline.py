@@ -7,9 +7,11 @@ against the phantom's truth.
     python benchmarks/pipeline.py                      # whole brain, about 120 x 144 x 30 x 45
     python benchmarks/pipeline.py --seed 7 --irregular --voxel-size 2 2 5
     python benchmarks/pipeline.py --seed 51 --phantom noise_hu=20 residue_shape=1
+    python benchmarks/pipeline.py --seed 36 -- --denoise-fwhm 3 --no-motion-correction
 
 ``--phantom`` sets any field of ``strokeperf.phantom.PhantomConfig`` (robustness sweeps over noise,
-residue shape, dispersion, timing); values are read as Python literals.
+residue shape, dispersion, timing); values are read as Python literals. Arguments after ``--`` go
+to the ``strokeperf`` command line unchanged.
 
 The pipeline runs in a subprocess so that its peak memory is measured alone.
 """
@@ -46,7 +48,9 @@ def main(argv=None) -> int:
                    help="also normalise to the template (prints the normalisation time)")
     p.add_argument("--phantom", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="further PhantomConfig fields, e.g. noise_hu=20 lesion_dispersion_s=5")
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pipeline_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     extra = {}
     for item in args.phantom:
         field, sep, value = item.partition("=")
@@ -74,6 +78,7 @@ def main(argv=None) -> int:
            "-w", str(work), "--worker", args.worker, "--nprocs", str(args.nprocs)]
     if args.normalise:
         cmd.append("--normalise")
+    cmd += pipeline_args
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
