@@ -49,8 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--phantom", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="further PhantomConfig fields, e.g. noise_hu=20 lesion_dispersion_s=5")
     argv = sys.argv[1:] if argv is None else list(argv)
-    pipeline_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, pipeline_args = p.parse_args(argv[:cut]), argv[cut + 1:]
     extra = {}
     for item in args.phantom:
         field, sep, value = item.partition("=")

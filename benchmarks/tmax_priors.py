@@ -13,7 +13,7 @@ The default method reports the posterior mean of Tmax under a prior flat in Tmax
   shape) that the image holds, which is the most any per-voxel estimator can borrow from the rest
   of the image without spatial smoothing.
 
-    python benchmarks/tmax_priors.py                    # about 2 minutes
+    python benchmarks/tmax_priors.py                    # about 1 minute
     python benchmarks/tmax_priors.py --em-iterations 3 10 --ct-noise 1
 
 Prints, per estimator, Tmax median error / mean absolute error (s) per true-Tmax bin, the overall
@@ -28,9 +28,7 @@ import time
 import numpy as np
 
 import accuracy as tiles_phantom
-from strokeperf.parametric import ParametricDeconvolution
-
-CHUNK = 2048
+from strokeperf.parametric import DEFAULT_CHUNK_SIZE as CHUNK, ParametricDeconvolution
 
 
 def posterior_tmax(model, curves, log_prior):

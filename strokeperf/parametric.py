@@ -150,6 +150,8 @@ class ParametricDeconvolution:
             raise DataError("the AIF has no positive area; it is not an enhancing arterial curve")
         self.frame_times = t
         self.aif = aif
+        # Degrees of freedom of the residual, for the noise variance of every fit.
+        self._n_free = max(t.size - N_MODEL_PARAMETERS, 1)
         self.aif_area = float(np.trapezoid(aif, t))
         duration = float(t[-1] - t[0])
         if delays is None:
@@ -234,11 +236,12 @@ class ParametricDeconvolution:
         """The default log prior weight of every candidate (flat in Tmax), (K,)."""
         return self._log_prior
 
-    def _weights(self, c: np.ndarray, n_free: int, log_prior: np.ndarray):
+    def _weights(self, c: np.ndarray, log_prior: np.ndarray):
         """Unnormalised posterior weights of every candidate for a chunk of curves (n, T).
 
-        Returns ``weights`` (n, K), each candidate's least-squares flow ``F`` (n, K) and a mask (n,)
-        of the curves that carry no tracer (no fit).
+        Returns ``weights`` (n, K), each candidate's least-squares flow ``F`` (n, K), the weights'
+        sum per curve (n,; 1 where there is no fit) and a mask (n,) of the curves without a fit: no
+        tracer (air, CSF) or no positive projection on any candidate.
 
         Gaussian noise: candidate k's log-likelihood exceeds the best one's by
         ``-(score_best - score_k) / (2 sigma^2)``, with ``score_k = <c,g_k>^2/<g_k,g_k>`` the fall in
@@ -254,14 +257,14 @@ class ParametricDeconvolution:
         # projection is the centred one plus T mean(c) mean(g)); a curve without (air, CSF, a
         # non-physical dip) has no fit, as the offset would otherwise read a dip as a late bolus.
         raw = proj + (c.shape[1] * mean_c) * self._atom_means
-        no_tracer = ~(raw.max(axis=1) > 0)
+        empty = ~(raw.max(axis=1) > 0)
         del raw
         np.maximum(proj, 0.0, out=proj)                                 # non-negative flow
         score = proj * proj
         score *= self._inv_norm2
         best = score.max(axis=1)
         energy = np.einsum("nt,nt->n", c, c)
-        sigma2 = np.maximum((energy - best) / n_free, NOISE_FLOOR * energy / c.shape[1]) + 1e-12
+        sigma2 = np.maximum((energy - best) / self._n_free, NOISE_FLOOR * energy / c.shape[1]) + 1e-12
         score -= best[:, None]
         score *= (0.5 / sigma2)[:, None]
         score += log_prior
@@ -269,7 +272,10 @@ class ParametricDeconvolution:
         weights = np.exp(score, out=score)                              # in place: (n, K)
         weights *= proj > 0
         proj *= self._inv_norm2                                         # least-squares F per candidate
-        return weights, proj, no_tracer
+        total = weights.sum(axis=1)
+        empty |= total <= 0
+        total[empty] = 1.0
+        return weights, proj, total, empty
 
     def posterior_weights(self, curves, log_prior=None) -> np.ndarray:
         """Posterior probability of every candidate (n, K) for curves (n, T), under ``log_prior``
@@ -278,26 +284,19 @@ class ParametricDeconvolution:
         ``benchmarks/tmax_priors.py``)."""
         c = np.asarray(self._check_curves(curves), dtype=np.float32)
         prior = self._log_prior if log_prior is None else np.asarray(log_prior, dtype=np.float32)
-        n_free = max(self.frame_times.size - N_MODEL_PARAMETERS, 1)
-        weights, _, no_tracer = self._weights(c, n_free, prior)
-        total = weights.sum(axis=1, keepdims=True)
-        no_fit = (total[:, 0] <= 0) | no_tracer
-        weights /= np.where(no_fit[:, None], 1.0, total)
-        weights[no_fit] = 0.0
+        weights, _, total, empty = self._weights(c, prior)
+        weights /= total[:, None]
+        weights[empty] = 0.0
         return weights
 
-    def _posterior_means(self, c: np.ndarray, n_free: int):
+    def _posterior_means(self, c: np.ndarray):
         """Posterior means of peak flow (1/s), Tmax (s) and volume for a chunk of curves (n, T).
 
         Returns ``flow`` = F max(h conv R) (1/s), ``tmax`` (s) and ``volume`` = F MTT (the area ratio
         of the fitted curve, dimensionless); the weights are those of :meth:`_weights` under the
         default prior (flat in Tmax).
         """
-        weights, proj, no_tracer = self._weights(c, n_free, self._log_prior)
-        total = weights.sum(axis=1)
-        # A curve with no positive projection on any candidate (no tracer: CSF, air) has no fit.
-        empty = (total <= 0) | no_tracer
-        total[empty] = 1.0
+        weights, proj, total, empty = self._weights(c, self._log_prior)
         # CBV: area of the fitted curve, F * MTT; CBF: peak of the effective residue, F max(h conv R).
         volume = np.einsum("nk,nk->n", weights, proj * self._mtt_atoms) / total
         proj *= self._peak_atoms
@@ -334,11 +333,10 @@ class ParametricDeconvolution:
         curves = self._check_curves(curves)
         n = curves.shape[0]
         flow, tmax, volume = np.empty(n), np.empty(n), np.empty(n)
-        n_free = max(self.frame_times.size - N_MODEL_PARAMETERS, 1)
         for start in range(0, n, chunk_size):
             c = np.asarray(curves[start:start + chunk_size], dtype=np.float32)
             part = slice(start, start + c.shape[0])
-            flow[part], tmax[part], volume[part] = self._posterior_means(c, n_free)
+            flow[part], tmax[part], volume[part] = self._posterior_means(c)
         data = np.asarray(curves, dtype=np.float64)
         area = np.trapezoid(data, self.frame_times, axis=1)
         return ParametricFit(self, flow, tmax, volume, area / self.aif_area, _ttp(data, self.frame_times))
