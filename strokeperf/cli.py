@@ -154,6 +154,24 @@ def remove_stale_locks(cache_root: Path) -> int:
     return removed
 
 
+def use_work_dir_hash_cache(work_dir: Path) -> Path:
+    """Keep pydra's persistent file-hash cache inside the work directory and clear its locks.
+
+    pydra guards each cached file hash with a lock file that holds no pid; a run killed while it
+    held one (SIGKILL, a SLURM time limit) leaves it behind and the next run waits on it forever.
+    By default that cache is user-wide (``~/.cache/pydra``), where no run can tell a dead lock from
+    a live one. Inside the work directory it is this run's alone (one run per work directory, as
+    documented), so every lock found at start-up is stale. The environment variable is inherited by
+    the cf and SLURM workers.
+    """
+    cache = work_dir / "pydra_hashes"
+    cache.mkdir(parents=True, exist_ok=True)
+    for lock in cache.glob("*.lock"):
+        lock.unlink(missing_ok=True)
+    os.environ["PYDRA_HASH_CACHE"] = str(cache)
+    return cache
+
+
 def _submitter(args, work_dir: Path):
     from pydra.engine.submitter import Submitter
 
@@ -209,6 +227,7 @@ def run_participant(args) -> int:
     io.remove_partials(output_dir)
     # Temporaries of atomic writes go to the work directory (inherited by cf and SLURM workers).
     os.environ[io.STAGING_ENV] = str(work_dir / "staging")
+    use_work_dir_hash_cache(work_dir)
     write_dataset_description(output_dir)
     records = [_session_record(s, work_dir, participants) for s in sessions]
     for r in records:

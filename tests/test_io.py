@@ -54,3 +54,22 @@ def test_stale_pydra_locks_of_dead_processes_are_removed(tmp_path):
     assert remove_stale_locks(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["workflow-alive.lock",
                                                          "workflow-other-node.lock"]
+
+
+def test_file_hash_cache_lives_in_the_work_dir_and_its_dead_locks_are_cleared(tmp_path,
+                                                                            monkeypatch):
+    """A run killed while pydra hashed a file leaves a pid-less lock; the next run must not wait
+    on it forever (it did, with the user-wide cache)."""
+    from pydra.utils.hash import PersistentCache
+
+    from strokeperf.cli import use_work_dir_hash_cache
+
+    monkeypatch.delenv("PYDRA_HASH_CACHE", raising=False)
+    cache = tmp_path / "work" / "pydra_hashes"
+    cache.mkdir(parents=True)
+    (cache / "0123abcd.lock").write_bytes(b"")
+    (cache / "0123abcd").write_bytes(b"hash")  # a finished entry is kept
+    assert use_work_dir_hash_cache(tmp_path / "work") == cache
+    assert sorted(p.name for p in cache.iterdir()) == ["0123abcd"]
+    assert PersistentCache().location == cache
+    assert os.environ["PYDRA_HASH_CACHE"] == str(cache)

@@ -19,11 +19,26 @@ import pytest
 from conftest import make_phantom
 
 N_SESSIONS = 3
+#: A run of three small sessions takes about a minute; a hang must fail the test, not the CI.
+TIMEOUT_S = 900
 
 
 def _command(bids: Path, out: Path, work: Path) -> list[str]:
     return [sys.executable, "-m", "strokeperf.cli", str(bids), str(out), "participant",
             "-w", str(work), "--nprocs", "1", "--no-motion-correction"]  # motion: its own tests
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    """Run strokeperf; on a hang kill it with its worker processes and fail."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"strokeperf did not finish within {TIMEOUT_S} s: {command}")
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def _assert_every_file_complete(out: Path) -> None:
@@ -55,8 +70,7 @@ def cohort(tmp_path_factory) -> Path:
 
 
 def test_kill_and_resume(cohort, tmp_path):
-    reference = subprocess.run(_command(cohort, tmp_path / "ref", tmp_path / "ref_work"),
-                               capture_output=True, text=True)
+    reference = _run(_command(cohort, tmp_path / "ref", tmp_path / "ref_work"))
     assert reference.returncode == 0, reference.stderr
 
     out, work = tmp_path / "out", tmp_path / "work"
@@ -74,8 +88,14 @@ def test_kill_and_resume(cohort, tmp_path):
     assert done_before < N_SESSIONS, "every session had finished: the kill came too late to test"
     _assert_every_file_complete(out)
 
+    # A kill that lands while pydra hashes a file leaves that hash's pid-less lock behind; plant
+    # one for every hash the run computed, so the resume meets them whatever the kill's timing.
+    hashes = [p for p in (work / "pydra_hashes").iterdir() if p.suffix != ".lock"]
+    assert hashes, "the run kept no file hashes in its work directory"
+    for entry in hashes:
+        entry.with_suffix(".lock").touch()
     finished = _finished_jobs(work)
-    resumed = subprocess.run(_command(cohort, out, work), capture_output=True, text=True)
+    resumed = _run(_command(cohort, out, work))
     assert resumed.returncode == 0, resumed.stderr
     # Steps that had finished before the kill were reused, not recomputed.
     after = _finished_jobs(work)
