@@ -199,7 +199,22 @@ class ParametricDeconvolution:
         self._tmax_atoms = self._tmax_atoms.astype(np.float32)
         self._mtt_atoms = np.repeat(self.mtt_grid, self.n_delays).astype(np.float32)
         self._peak_atoms = np.repeat(self.kernel_peak_value, self.n_delays).astype(np.float32)
+        # Candidates sorted by Tmax bin, so that per-bin sums over a score matrix are contiguous
+        # (np.add.reduceat) for :meth:`tmax_log_evidence`.
+        bins = tmax_bins(self._tmax_atoms, TMAX_PRIOR_BIN_S)
+        order = np.argsort(bins, kind="stable")
+        self._atoms_t = np.ascontiguousarray(self._atoms_t[:, order])
+        self._atom_means = self._atom_means[:, order]
+        self._inv_norm2 = self._inv_norm2[order]
+        self._tmax_atoms = self._tmax_atoms[order]
+        self._mtt_atoms = self._mtt_atoms[order]
+        self._peak_atoms = self._peak_atoms[order]
+        bins = bins[order]
+        self._bin_starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
         self._log_prior = tmax_flat_log_prior(self._tmax_atoms, TMAX_PRIOR_BIN_S).astype(np.float32)
+        # Within a bin the flat-in-Tmax prior weights candidates equally: the bin's prior mean Tmax.
+        self.tmax_bin_centres = (np.add.reduceat(self._tmax_atoms.astype(np.float64), self._bin_starts)
+                                 / np.diff(np.r_[self._bin_starts, self._tmax_atoms.size]))
 
     def _kernels(self, tau):
         """Effective residues ``h_beta conv R`` (unit flow) of every candidate combination."""
@@ -236,17 +251,18 @@ class ParametricDeconvolution:
         """The default log prior weight of every candidate (flat in Tmax), (K,)."""
         return self._log_prior
 
-    def _weights(self, c: np.ndarray, log_prior: np.ndarray):
-        """Unnormalised posterior weights of every candidate for a chunk of curves (n, T).
+    def _log_weights(self, c: np.ndarray, log_prior: np.ndarray):
+        """Log posterior weight of every candidate for a chunk of curves (n, T), up to a constant
+        per curve (the largest is 0).
 
-        Returns ``weights`` (n, K), each candidate's least-squares flow ``F`` (n, K), the weights'
-        sum per curve (n,; 1 where there is no fit) and a mask (n,) of the curves without a fit: no
-        tracer (air, CSF) or no positive projection on any candidate.
+        Returns ``log_weights`` (n, K), the projections ``<c, g_k>`` clipped at 0 (n, K) and a mask
+        (n,) of the curves without tracer (air, CSF, a non-physical dip).
 
         Gaussian noise: candidate k's log-likelihood exceeds the best one's by
         ``-(score_best - score_k) / (2 sigma^2)``, with ``score_k = <c,g_k>^2/<g_k,g_k>`` the fall in
         residual it achieves (curve and candidate centred over the frames, which profiles out the
-        baseline offset; flow at its least-squares value, non-negative); the log prior is added.
+        baseline offset; flow at its least-squares value constrained to be >= 0, so a candidate
+        the curve projects negatively on fits with zero flow); the log prior is added.
         The noise variance is the residual of the best candidate per degree of freedom, floored so
         that a curve the model matches exactly does not collapse the posterior onto one grid point.
         """
@@ -269,6 +285,17 @@ class ParametricDeconvolution:
         score *= (0.5 / sigma2)[:, None]
         score += log_prior
         score -= score.max(axis=1, keepdims=True)
+        return score, proj, empty
+
+    def _weights(self, c: np.ndarray, log_prior: np.ndarray):
+        """Unnormalised posterior weights of every candidate for a chunk of curves (n, T).
+
+        Returns ``weights`` (n, K; those of :meth:`_log_weights` restricted to candidates with a
+        positive flow), each candidate's least-squares flow ``F`` (n, K), the weights' sum per
+        curve (n,; 1 where there is no fit) and a mask (n,) of the curves without a fit: no tracer
+        or no positive projection on any candidate.
+        """
+        score, proj, empty = self._log_weights(c, log_prior)
         weights = np.exp(score, out=score)                              # in place: (n, K)
         weights *= proj > 0
         proj *= self._inv_norm2                                         # least-squares F per candidate
@@ -276,6 +303,34 @@ class ParametricDeconvolution:
         empty |= total <= 0
         total[empty] = 1.0
         return weights, proj, total, empty
+
+    def tmax_log_evidence(self, curves, chunk_size: int = DEFAULT_CHUNK_SIZE):
+        """Log posterior mass of every Tmax bin for each curve, up to a constant per curve.
+
+        Returns ``(log_mass, empty)``: (N, B) float32 and the mask (N,) of curves without a fit
+        (as in :meth:`fit`), whose rows are all zero (uninformative). Bins are
+        :data:`TMAX_PRIOR_BIN_S` wide and their prior mean Tmax is :attr:`tmax_bin_centres`; the
+        prior is flat in Tmax and the other parameters (flow, offset, dispersion, MTT, shape) are
+        summed out within each bin. Log masses of neighbouring voxels can be added (the spatial
+        pooling studied in ``benchmarks/tmax_pooling.py``).
+        """
+        curves = self._check_curves(curves)
+        out = np.empty((curves.shape[0], self._bin_starts.size), dtype=np.float32)
+        no_fit = np.empty(curves.shape[0], dtype=bool)
+        for start in range(0, curves.shape[0], chunk_size):
+            c = np.asarray(curves[start:start + chunk_size], dtype=np.float32)
+            score, proj, empty = self._log_weights(c, self._log_prior)
+            empty |= ~(proj.max(axis=1) > 0)
+            # Where a bin's mass underflows float32 its largest term stands in (within log(bin
+            # size) of the true log mass, and far below the curve's best bins either way).
+            bin_max = np.maximum.reduceat(score, self._bin_starts, axis=1)
+            mass = np.add.reduceat(np.exp(score, out=score), self._bin_starts, axis=1)
+            with np.errstate(divide="ignore"):
+                log_mass = np.where(mass > 1e-30, np.log(mass), bin_max)
+            log_mass[empty] = 0.0
+            out[start:start + c.shape[0]] = log_mass
+            no_fit[start:start + c.shape[0]] = empty
+        return out, no_fit
 
     def posterior_weights(self, curves, log_prior=None) -> np.ndarray:
         """Posterior probability of every candidate (n, K) for curves (n, T), under ``log_prior``
@@ -342,6 +397,14 @@ class ParametricDeconvolution:
         return ParametricFit(self, flow, tmax, volume, area / self.aif_area, _ttp(data, self.frame_times))
 
 
+def tmax_bins(tmax_s, bin_s: float) -> np.ndarray:
+    """Index of the ``bin_s``-wide Tmax bin of each candidate, counted from the smallest Tmax."""
+    tmax_s = np.asarray(tmax_s, dtype=float)
+    if not bin_s > 0:
+        raise ValueError("bin_s must be > 0")
+    return np.floor((tmax_s - tmax_s.min()) / bin_s).astype(np.int64)
+
+
 def tmax_flat_log_prior(tmax_s, bin_s: float) -> np.ndarray:
     """Log prior weight of each candidate that makes the implied prior on Tmax uniform.
 
@@ -349,10 +412,7 @@ def tmax_flat_log_prior(tmax_s, bin_s: float) -> np.ndarray:
     so every bin carries the same total prior mass whatever the number of (delay, dispersion, MTT,
     shape) combinations that land in it (Jaynes 1968: a prior flat in the reported quantity).
     """
-    tmax_s = np.asarray(tmax_s, dtype=float)
-    if not bin_s > 0:
-        raise ValueError("bin_s must be > 0")
-    bins = np.floor((tmax_s - tmax_s.min()) / bin_s).astype(np.int64)
+    bins = tmax_bins(tmax_s, bin_s)
     return -np.log(np.bincount(bins)[bins].astype(float))
 
 
