@@ -187,30 +187,26 @@ class ParametricDeconvolution:
         atoms = response[:, lo] * (1.0 - frac) + response[:, hi] * frac  # (combos, delays, T)
         atoms[:, when < 0] = 0.0
         self.n_combos, self.n_delays = atoms.shape[:2]
-        atoms = atoms.reshape(-1, t.size).astype(np.float32)
+        # Tmax, MTT and effective-residue peak of every candidate, for posterior means.
+        tmax_atoms = (self.kernel_peak_s[:, None] + self.delays[None, :]).reshape(-1).astype(np.float32)
+        mtt_atoms = np.repeat(self.mtt_grid, self.n_delays)
+        peak_atoms = np.repeat(self.kernel_peak_value, self.n_delays)
+        # Candidates sorted by Tmax bin, so that per-bin sums over a score matrix are contiguous
+        # (np.add.reduceat) for :meth:`tmax_log_evidence`.
+        bins = tmax_bins(tmax_atoms, TMAX_PRIOR_BIN_S)
+        order = np.argsort(bins, kind="stable")
+        bins = bins[order]
+        self._bin_starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
+        self._tmax_atoms = tmax_atoms[order]
+        self._mtt_atoms = mtt_atoms[order].astype(np.float32)
+        self._peak_atoms = peak_atoms[order].astype(np.float32)
+        atoms = atoms.reshape(-1, t.size)[order].astype(np.float32)
         # The baseline offset is profiled out by centring curves and candidates over the frames.
         self._atom_means = atoms.mean(axis=1)[None, :]                   # (1, K), >= 0
         centred = atoms - self._atom_means.T
         norm2 = np.einsum("kt,kt->k", centred, centred, dtype=np.float64)
         self._inv_norm2 = np.where(norm2 > 0, 1.0 / np.maximum(norm2, 1e-30), 0.0).astype(np.float32)
         self._atoms_t = np.ascontiguousarray(centred.T)                 # (T, K)
-        # Tmax and MTT of every candidate, for posterior means.
-        self._tmax_atoms = (self.kernel_peak_s[:, None] + self.delays[None, :]).reshape(-1)
-        self._tmax_atoms = self._tmax_atoms.astype(np.float32)
-        self._mtt_atoms = np.repeat(self.mtt_grid, self.n_delays).astype(np.float32)
-        self._peak_atoms = np.repeat(self.kernel_peak_value, self.n_delays).astype(np.float32)
-        # Candidates sorted by Tmax bin, so that per-bin sums over a score matrix are contiguous
-        # (np.add.reduceat) for :meth:`tmax_log_evidence`.
-        bins = tmax_bins(self._tmax_atoms, TMAX_PRIOR_BIN_S)
-        order = np.argsort(bins, kind="stable")
-        self._atoms_t = np.ascontiguousarray(self._atoms_t[:, order])
-        self._atom_means = self._atom_means[:, order]
-        self._inv_norm2 = self._inv_norm2[order]
-        self._tmax_atoms = self._tmax_atoms[order]
-        self._mtt_atoms = self._mtt_atoms[order]
-        self._peak_atoms = self._peak_atoms[order]
-        bins = bins[order]
-        self._bin_starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
         self._log_prior = tmax_flat_log_prior(self._tmax_atoms, TMAX_PRIOR_BIN_S).astype(np.float32)
         # Within a bin the flat-in-Tmax prior weights candidates equally: the bin's prior mean Tmax.
         self.tmax_bin_centres = (np.add.reduceat(self._tmax_atoms.astype(np.float64), self._bin_starts)
