@@ -159,19 +159,14 @@ def pooled_tmax(series, mask, aif, frame_times, voxel_size_mm, fwhm_mm: float,
     data_fwhm, pool_fwhm = pooling_widths(fwhm_mm)
     model = ParametricDeconvolution(aif, times)
     flat = np.asarray(series).reshape(-1, times.size)
-    # Small products per chunk: BLAS threads cost more than they save (as in perfusion_maps).
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _pooled_tmax(model, flat, mask, voxel_size_mm, data_fwhm, pool_fwhm, chunk_size)
-
-
-def _pooled_tmax(model, flat, mask, voxel_size_mm, data_fwhm, pool_fwhm, chunk_size):
-    times = model.frame_times
     index = np.flatnonzero(mask)
     evidence = np.empty((index.size, model.tmax_bin_centres.size), dtype=np.float32)
     empty = np.empty(index.size, dtype=bool)
-    for start in range(0, index.size, EVIDENCE_BLOCK):
-        part = slice(start, start + EVIDENCE_BLOCK)
-        evidence[part], empty[part] = model.tmax_log_evidence(flat[index[part]], chunk_size)
+    # Small products per chunk: BLAS threads cost more than they save (as in perfusion_maps).
+    with threadpool_limits(limits=1, user_api="blas"):
+        for start in range(0, index.size, EVIDENCE_BLOCK):
+            part = slice(start, start + EVIDENCE_BLOCK)
+            evidence[part], empty[part] = model.tmax_log_evidence(flat[index[part]], chunk_size)
     evidence = pool_log_evidence(evidence, mask, voxel_size_mm, data_fwhm, pool_fwhm,
                                  informative=~empty)
     tmax = np.empty(index.size, dtype=np.float32)
