@@ -35,11 +35,17 @@ whole-brain phantom sessions; figures in docs/accuracy.md):
   dispersed lesion tissue was under-read by 0.3-0.7 s (median) without it.
 - Prior flat in Tmax. A flat prior on the (delay, dispersion, MTT, shape) grid is not flat in Tmax:
   far fewer candidates have a Tmax near the lowest delays than in the middle of the range, so the
-  posterior mean of early tissue is pulled late (+0.96 s median error at true Tmax 0-2 s). Each
-  candidate is weighted by the inverse number of candidates in its Tmax bin (``TMAX_PRIOR_BIN_S``),
-  which makes the implied prior on Tmax uniform (a reparametrised flat prior on the quantity
-  reported; Jaynes 1968, IEEE Trans Syst Sci Cybern 4:227), and within a bin leaves the grid's
-  relative weights over the nuisance parameters.
+  posterior mean of early tissue is pulled late (+0.96 s median error at true Tmax 0-2 s). Every
+  Tmax bin (``TMAX_PRIOR_BIN_S``) gets the same prior mass, which makes the implied prior on Tmax
+  uniform (a reparametrised flat prior on the quantity reported; Jaynes 1968, IEEE Trans Syst Sci
+  Cybern 4:227).
+- Within a Tmax bin, the nuisance parameters follow a stated base measure, not the grid's spacing:
+  uniform in dispersion over the grid's range (each dispersion carries the width of its trapezoid
+  cell, :func:`dispersion_weights`), uniform in log MTT (the log-spaced grid) and equal over the
+  shapes. With equal weight per grid point, the grid's spacing (0.75 s below 2.5 s, 1.5-2 s above)
+  was itself a prior that favoured little dispersion, and the posterior of dispersed lesion tissue
+  spread onto less dispersed, earlier-peaking candidates: whole-brain Tmax > 10 s read 16-26 % small
+  on phantom seeds 21, 35 and 41; 6-11 % with the uniform base measure (docs/accuracy.md).
 
 Limits. At CT-like noise (2 HU per frame after smoothing) dispersion and residue shape are barely
 identifiable from one voxel's curve, and Tmax, the position of the effective residue's maximum,
@@ -207,10 +213,14 @@ class ParametricDeconvolution:
         norm2 = np.einsum("kt,kt->k", centred, centred, dtype=np.float64)
         self._inv_norm2 = np.where(norm2 > 0, 1.0 / np.maximum(norm2, 1e-30), 0.0).astype(np.float32)
         self._atoms_t = np.ascontiguousarray(centred.T)                 # (T, K)
-        self._log_prior = tmax_flat_log_prior(self._tmax_atoms, TMAX_PRIOR_BIN_S).astype(np.float32)
-        # Within a bin the flat-in-Tmax prior weights candidates equally: the bin's prior mean Tmax.
-        self.tmax_bin_centres = (np.add.reduceat(self._tmax_atoms.astype(np.float64), self._bin_starts)
-                                 / np.diff(np.r_[self._bin_starts, self._tmax_atoms.size]))
+        # Base measure over the nuisance parameters: uniform in dispersion (trapezoid cells).
+        base = np.repeat(dispersion_weights(dispersions)[np.searchsorted(
+            np.asarray(dispersions, dtype=float), self.dispersion)], self.n_delays)[order]
+        self._log_prior = tmax_flat_log_prior(self._tmax_atoms, TMAX_PRIOR_BIN_S,
+                                              base).astype(np.float32)
+        # Prior mean Tmax within each bin (the base measure's weighted mean).
+        self.tmax_bin_centres = (np.add.reduceat(base * self._tmax_atoms, self._bin_starts)
+                                 / np.add.reduceat(base, self._bin_starts))
 
     def _kernels(self, tau):
         """Effective residues ``h_beta conv R`` (unit flow) of every candidate combination."""
@@ -401,15 +411,32 @@ def tmax_bins(tmax_s, bin_s: float) -> np.ndarray:
     return np.floor((tmax_s - tmax_s.min()) / bin_s).astype(np.int64)
 
 
-def tmax_flat_log_prior(tmax_s, bin_s: float) -> np.ndarray:
+def tmax_flat_log_prior(tmax_s, bin_s: float, base=None) -> np.ndarray:
     """Log prior weight of each candidate that makes the implied prior on Tmax uniform.
 
-    Candidates are grouped into Tmax bins of ``bin_s`` seconds; each gets ``-log(count in its bin)``,
-    so every bin carries the same total prior mass whatever the number of (delay, dispersion, MTT,
-    shape) combinations that land in it (Jaynes 1968: a prior flat in the reported quantity).
+    Candidates are grouped into Tmax bins of ``bin_s`` seconds; each gets ``log(base / sum of base
+    in its bin)`` (``base`` positive, default 1 each), so every bin carries the same total prior
+    mass whatever the number of (delay, dispersion, MTT, shape) combinations that land in it
+    (Jaynes 1968: a prior flat in the reported quantity), shared within the bin as ``base`` says.
     """
     bins = tmax_bins(tmax_s, bin_s)
-    return -np.log(np.bincount(bins)[bins].astype(float))
+    base = np.ones(bins.size) if base is None else np.asarray(base, dtype=float)
+    if base.shape != bins.shape or not np.all(base > 0):
+        raise ValueError("base must hold one positive weight per candidate")
+    return np.log(base) - np.log(np.bincount(bins, weights=base)[bins])
+
+
+def dispersion_weights(dispersions_s) -> np.ndarray:
+    """Prior mass of each grid dispersion (s) for a prior uniform over the grid's range: the width
+    of its trapezoid cell (half the gap to each neighbour; the end points get half a gap). A grid
+    of one dispersion gets weight 1."""
+    grid = np.asarray(dispersions_s, dtype=float)
+    if grid.ndim != 1 or grid.size == 0 or np.any(np.diff(grid) <= 0):
+        raise ValueError("dispersions must be a non-empty, strictly increasing sequence")
+    if grid.size == 1:
+        return np.ones(1)
+    mid = 0.5 * (grid[1:] + grid[:-1])
+    return np.r_[mid, grid[-1]] - np.r_[grid[0], mid]
 
 
 def _ttp(curves: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 
 from strokeperf import kinetics
 from strokeperf.errors import DataError
-from strokeperf.parametric import ParametricDeconvolution
+from strokeperf.parametric import ParametricDeconvolution, dispersion_weights
 
 T = np.arange(45) * 1.5
 AIF = kinetics.gamma_variate(T, 6.0, 3.0, 1.5, peak=400.0)
@@ -98,6 +98,30 @@ def test_early_tissue_tmax_is_not_pulled_late(ct_model):
                                                seed))
         errors.append(np.clip(fit.tmax, 0.0, None) - truth)   # perfusion_maps clamps Tmax at 0
     assert np.median(np.concatenate(errors)) < 0.5
+
+
+def test_dispersed_late_tissue_tmax_is_not_pulled_early(ct_model):
+    # Collateral-fed tissue (dispersion 3-4.5 s, MTT 12-18 s, true Tmax 11.7-12.7 s): with equal prior
+    # weight per grid point the grid's coarse spacing above 2.5 s favoured little dispersion and the
+    # median error was -0.51 s on these curves, which shrank Tmax > 10 s volumes.
+    errors = []
+    for seed, (delay, mtt, dispersion, shape, flow) in enumerate(
+            [(4.0, 16.0, 4.0, 2.0, 0.0025), (5.0, 14.0, 3.0, 3.0, 0.003), (3.0, 18.0, 4.5, 1.5, 0.002),
+             (6.0, 12.0, 3.5, 2.5, 0.003)]):
+        truth, _ = true_effective(delay, mtt, dispersion, shape)
+        fit = ct_model.fit(baseline_subtracted(ct_model, delay, mtt, dispersion, shape, flow, 400,
+                                               50 + seed))
+        errors.append(fit.tmax - truth)
+    assert abs(np.median(np.concatenate(errors))) < 0.3
+
+
+def test_dispersion_prior_is_uniform_over_the_grid_range():
+    weights = dispersion_weights((0.0, 0.75, 1.5, 2.5, 3.5, 5.0, 7.0))
+    assert weights == pytest.approx([0.375, 0.75, 0.875, 1.0, 1.25, 1.75, 1.0])
+    assert weights.sum() == pytest.approx(7.0)
+    assert dispersion_weights((2.0,)) == pytest.approx([1.0])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        dispersion_weights((0.0, 3.0, 1.0))
 
 
 def test_cbf_is_delay_insensitive_with_noise(ct_model):
