@@ -69,6 +69,8 @@ Outputs, in the conventions of :mod:`strokeperf.deconvolution`:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from strokeperf import kinetics
@@ -172,7 +174,8 @@ class ParametricDeconvolution:
         # Fine grid of times since the first frame; the model is needed up to the last frame.
         tau = np.arange(0.0, duration + FINE_DT_S, FINE_DT_S)
         aif_fine = np.interp(t[0] + tau, t, aif)
-        kernels = self._kernels(tau)                                    # (combos, n_tau)
+        kernels = _effective_residues(tau.size, tuple(map(float, dispersions)), tuple(map(float, mtts)),
+                                      tuple(map(float, shapes)))     # (combos, n_tau), read-only
         n_fft = int(2 ** np.ceil(np.log2(2 * tau.size)))
         response = np.fft.irfft(np.fft.rfft(kernels, n_fft) * np.fft.rfft(aif_fine, n_fft),
                                 n_fft)[:, : tau.size] * FINE_DT_S          # AIF conv kernel, unit flow
@@ -213,6 +216,7 @@ class ParametricDeconvolution:
         norm2 = np.einsum("kt,kt->k", centred, centred, dtype=np.float64)
         self._inv_norm2 = np.where(norm2 > 0, 1.0 / np.maximum(norm2, 1e-30), 0.0).astype(np.float32)
         self._atoms_t = np.ascontiguousarray(centred.T)                 # (T, K)
+        self._unit_atoms_t = None                                       # for explained_energy
         # Base measure over the nuisance parameters: uniform in dispersion (trapezoid cells).
         base = np.repeat(dispersion_weights(dispersions)[np.searchsorted(
             np.asarray(dispersions, dtype=float), self.dispersion)], self.n_delays)[order]
@@ -221,19 +225,6 @@ class ParametricDeconvolution:
         # Prior mean Tmax within each bin (the base measure's weighted mean).
         self.tmax_bin_centres = (np.add.reduceat(base * self._tmax_atoms, self._bin_starts)
                                  / np.add.reduceat(base, self._bin_starts))
-
-    def _kernels(self, tau):
-        """Effective residues ``h_beta conv R`` (unit flow) of every candidate combination."""
-        r = kinetics.residue(tau[None, :], self.mtt_grid[:, None], self.shape[:, None])
-        out = r.copy()
-        dispersed = self.dispersion > 0
-        if dispersed.any():
-            n_fft = int(2 ** np.ceil(np.log2(2 * tau.size)))
-            h = np.exp(-tau[None, :] / self.dispersion[dispersed, None]) / self.dispersion[dispersed, None]
-            h /= h.sum(axis=1, keepdims=True) * FINE_DT_S            # unit area on the grid
-            conv = np.fft.irfft(np.fft.rfft(r[dispersed], n_fft) * np.fft.rfft(h, n_fft), n_fft)
-            out[dispersed] = conv[:, : tau.size] * FINE_DT_S
-        return out
 
     def model_curve(self, delay, mtt, dispersion, shape):
         """Noise-free unit-flow tissue curve at the frame times for one parameter set (for tests)."""
@@ -379,14 +370,16 @@ class ParametricDeconvolution:
         non-negative flow; the residual energy of the best fit is the curve's centred energy minus
         this (used to compare input functions: :mod:`strokeperf.aif_reconstruction`)."""
         curves = self._check_curves(curves)
+        if self._unit_atoms_t is None:
+            # With unit-norm candidates the best score is the square of the largest projection:
+            # one matrix product and one maximum per chunk.
+            self._unit_atoms_t = self._atoms_t * np.sqrt(self._inv_norm2)
         out = np.empty(curves.shape[0])
         for start in range(0, curves.shape[0], chunk_size):
             c = np.asarray(curves[start:start + chunk_size], dtype=np.float32)
             c = c - c.mean(axis=1, keepdims=True)
-            proj = np.maximum(c @ self._atoms_t, 0.0)
-            proj *= proj
-            proj *= self._inv_norm2
-            out[start:start + c.shape[0]] = proj.max(axis=1)
+            best = np.maximum((c @ self._unit_atoms_t).max(axis=1), 0.0)
+            out[start:start + c.shape[0]] = best.astype(np.float64) ** 2
         return out
 
     def fit(self, curves, chunk_size: int = DEFAULT_CHUNK_SIZE) -> "ParametricFit":
@@ -401,6 +394,28 @@ class ParametricDeconvolution:
         data = np.asarray(curves, dtype=np.float64)
         area = np.trapezoid(data, self.frame_times, axis=1)
         return ParametricFit(self, flow, tmax, volume, area / self.aif_area, _ttp(data, self.frame_times))
+
+
+@functools.lru_cache(maxsize=8)
+def _effective_residues(n_tau: int, dispersions: tuple, mtts: tuple, shapes: tuple) -> np.ndarray:
+    """Effective residues ``h_beta conv R`` (unit flow) of every (dispersion, MTT, shape)
+    combination, in the order of :class:`ParametricDeconvolution`'s ``combos``, on ``n_tau`` steps
+    of ``FINE_DT_S``; read-only. They do not depend on the AIF, so they are cached: the MR AIF
+    reconstruction builds about 450 models on one grid per session."""
+    tau = np.arange(n_tau) * FINE_DT_S
+    combos = np.array([(b, m, a) for b in dispersions for m in mtts for a in shapes], dtype=float)
+    dispersion, mtt, shape = combos.T
+    r = kinetics.residue(tau[None, :], mtt[:, None], shape[:, None])
+    out = r.copy()
+    dispersed = dispersion > 0
+    if dispersed.any():
+        n_fft = int(2 ** np.ceil(np.log2(2 * tau.size)))
+        h = np.exp(-tau[None, :] / dispersion[dispersed, None]) / dispersion[dispersed, None]
+        h /= h.sum(axis=1, keepdims=True) * FINE_DT_S                # unit area on the grid
+        conv = np.fft.irfft(np.fft.rfft(r[dispersed], n_fft) * np.fft.rfft(h, n_fft), n_fft)
+        out[dispersed] = conv[:, : tau.size] * FINE_DT_S
+    out.flags.writeable = False
+    return out
 
 
 def tmax_bins(tmax_s, bin_s: float) -> np.ndarray:
