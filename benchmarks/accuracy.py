@@ -185,9 +185,11 @@ def report(name, params, est, tmax_true, repeats, seconds):
 
 def oracle_options(params, delays: bool = True):
     """Candidate grids of the parametric fit equal to the tile phantom's parameter values (its
-    delays too, or the default continuous delay grid when ``delays`` is False)."""
+    delays too, or the default continuous delay grid when ``delays`` is False), each dispersion
+    with the same prior mass, as in the phantom."""
+    dispersions = tuple(np.unique(params[:, 4]))
     options = dict(mtts=np.unique(params[:, 1]), shapes=tuple(np.unique(params[:, 3])),
-                   dispersions=tuple(np.unique(params[:, 4])))
+                   dispersions=dispersions, dispersion_mass=np.ones(len(dispersions)))
     if delays:
         options["delays"] = np.unique(params[:, 2])
     return options

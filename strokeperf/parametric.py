@@ -129,6 +129,10 @@ class ParametricDeconvolution:
         Frame onsets in s, strictly increasing (irregular sampling is used as it is).
     delays, mtts, dispersions, shapes : sequences, optional
         Candidate grids (defaults: the module constants).
+    dispersion_mass : sequence, optional
+        Prior mass of each dispersion within a Tmax bin (default :func:`dispersion_weights`,
+        uniform over the grid's range); equal masses weight the grid points alike (a grid that
+        is the population's own list of values, as in ``benchmarks/accuracy.py --oracle``).
 
     Examples
     --------
@@ -149,7 +153,7 @@ class ParametricDeconvolution:
     """
 
     def __init__(self, aif, frame_times, delays=None, mtts=None, dispersions=DISPERSIONS_S,
-                 shapes=RESIDUE_SHAPES):
+                 shapes=RESIDUE_SHAPES, dispersion_mass=None):
         aif = np.asarray(aif, dtype=float)
         t = check_frame_times(frame_times, aif.size)
         if not np.all(np.isfinite(aif)):
@@ -207,6 +211,7 @@ class ParametricDeconvolution:
         bins = bins[order]
         self._bin_starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
         self._tmax_atoms = tmax_atoms[order]
+        self._dispersion_atoms = np.repeat(self.dispersion, self.n_delays)[order]
         self._mtt_atoms = mtt_atoms[order].astype(np.float32)
         self._peak_atoms = peak_atoms[order].astype(np.float32)
         atoms = atoms.reshape(-1, t.size)[order].astype(np.float32)
@@ -218,8 +223,11 @@ class ParametricDeconvolution:
         self._atoms_t = np.ascontiguousarray(centred.T)                 # (T, K)
         self._unit_atoms_t = None                                       # for explained_energy
         # Base measure over the nuisance parameters: uniform in dispersion (trapezoid cells).
-        base = np.repeat(dispersion_weights(dispersions)[np.searchsorted(
-            np.asarray(dispersions, dtype=float), self.dispersion)], self.n_delays)[order]
+        mass = (dispersion_weights(dispersions) if dispersion_mass is None
+                else np.asarray(dispersion_mass, dtype=float))
+        if mass.shape != (len(dispersions),) or not np.all(mass > 0):
+            raise ValueError("dispersion_mass needs one positive weight per dispersion")
+        base = mass[np.searchsorted(np.asarray(dispersions, dtype=float), self._dispersion_atoms)]
         self._log_prior = tmax_flat_log_prior(self._tmax_atoms, TMAX_PRIOR_BIN_S,
                                               base).astype(np.float32)
         # Prior mean Tmax within each bin (the base measure's weighted mean).
@@ -242,6 +250,11 @@ class ParametricDeconvolution:
     def candidate_tmax(self) -> np.ndarray:
         """Tmax of every candidate (delay + time of the effective residue's maximum), s (K,)."""
         return self._tmax_atoms
+
+    @property
+    def candidate_dispersion(self) -> np.ndarray:
+        """Dispersion time of every candidate, s (K,; same order as :attr:`candidate_tmax`)."""
+        return self._dispersion_atoms
 
     @property
     def log_prior(self) -> np.ndarray:

@@ -7,7 +7,8 @@ import pytest
 
 from strokeperf import kinetics
 from strokeperf.errors import DataError
-from strokeperf.parametric import ParametricDeconvolution, dispersion_weights
+from strokeperf.parametric import (DISPERSIONS_S, TMAX_PRIOR_BIN_S, ParametricDeconvolution,
+                                  dispersion_weights, tmax_bins)
 
 T = np.arange(45) * 1.5
 AIF = kinetics.gamma_variate(T, 6.0, 3.0, 1.5, peak=400.0)
@@ -122,6 +123,27 @@ def test_dispersion_prior_is_uniform_over_the_grid_range():
     assert dispersion_weights((2.0,)) == pytest.approx([1.0])
     with pytest.raises(ValueError, match="strictly increasing"):
         dispersion_weights((0.0, 3.0, 1.0))
+
+
+def test_prior_is_flat_in_tmax_and_shares_each_bin_by_dispersion_mass():
+    model = ParametricDeconvolution(AIF, T)
+    bins = tmax_bins(model.candidate_tmax, TMAX_PRIOR_BIN_S)
+    mass = np.bincount(bins, weights=np.exp(model.log_prior.astype(float)))
+    assert mass == pytest.approx(np.ones(bins.max() + 1), rel=1e-5)     # every Tmax bin alike
+    # Within a bin, candidates share its mass as their dispersions' trapezoid cells say:
+    # 5 s (cell 1.75 s) against 0.75 s (cell 0.75 s).
+    prior = np.exp(model.log_prior.astype(float))
+    disp = model.candidate_dispersion
+    shared = [b for b in np.unique(bins) if {0.75, 5.0} <= set(disp[bins == b])]
+    assert len(shared) > 10
+    for b in shared:
+        here = bins == b
+        assert (prior[here & (disp == 5.0)].mean() / prior[here & (disp == 0.75)].mean()
+                == pytest.approx(1.75 / 0.75, rel=1e-5))
+    alike = ParametricDeconvolution(AIF, T, dispersion_mass=np.ones(len(DISPERSIONS_S)))
+    assert np.ptp(alike.log_prior[bins == shared[0]]) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="one positive weight per dispersion"):
+        ParametricDeconvolution(AIF, T, dispersion_mass=np.ones(3))
 
 
 def test_cbf_is_delay_insensitive_with_noise(ct_model):
