@@ -92,7 +92,8 @@ MTT_STEPS = 14
 #: grid, so the largest dispersions of collateral-fed tissue (4-5 s) must lie inside it, not at its
 #: edge: a grid too short biases Tmax of severely hypoperfused tissue low (measured: -1.4 s above Tmax
 #: 10 s with a 3 s maximum; whole-brain Tmax > 10 s volume of phantom seed 21 -25 % with 5 s, -22 %
-#: with 7 s, tile phantom unchanged).
+#: with 7 s, tile phantom unchanged; both with equal prior weight per grid point, before the
+#: prior uniform in dispersion, :func:`dispersion_weights`).
 DISPERSIONS_S = (0.0, 0.75, 1.5, 2.5, 3.5, 5.0, 7.0)
 #: Candidate residue shapes: exponential (1), gamma (3) and near-box (12) transit-time distributions,
 #: the range of the Kudo et al. 2013 digital phantom (exponential to box).
