@@ -179,8 +179,9 @@ class ParametricDeconvolution:
         # Fine grid of times since the first frame; the model is needed up to the last frame.
         tau = np.arange(0.0, duration + FINE_DT_S, FINE_DT_S)
         aif_fine = np.interp(t[0] + tau, t, aif)
-        kernels = _effective_residues(tau.size, tuple(map(float, dispersions)), tuple(map(float, mtts)),
-                                      tuple(map(float, shapes)))     # (combos, n_tau), read-only
+        kernels = _effective_residues(tau.size, tuple(map(float, dispersions)),
+                                      tuple(map(float, mtts)), tuple(map(float, shapes)))
+        # (combos, n_tau), read-only
         n_fft = int(2 ** np.ceil(np.log2(2 * tau.size)))
         response = np.fft.irfft(np.fft.rfft(kernels, n_fft) * np.fft.rfft(aif_fine, n_fft),
                                 n_fft)[:, : tau.size] * FINE_DT_S          # AIF conv kernel, unit flow
@@ -259,7 +260,8 @@ class ParametricDeconvolution:
 
     @property
     def log_prior(self) -> np.ndarray:
-        """The default log prior weight of every candidate (flat in Tmax), (K,)."""
+        """The default log prior weight of every candidate (K,): flat in Tmax, and within a Tmax
+        bin shared by dispersion mass (module docstring)."""
         return self._log_prior
 
     def _log_weights(self, c: np.ndarray, log_prior: np.ndarray):
