@@ -173,8 +173,7 @@ class ParametricDeconvolution:
         if mtts is None:
             mtts = np.geomspace(*MTT_RANGE_S, MTT_STEPS)
         self.delays = np.asarray(delays, dtype=float)
-        combos = np.array([(b, m, a) for b in dispersions for m in mtts for a in shapes], dtype=float)
-        self.dispersion, self.mtt_grid, self.shape = combos.T
+        self.dispersion, self.mtt_grid, self.shape = _combos(dispersions, mtts, shapes).T
 
         # Fine grid of times since the first frame; the model is needed up to the last frame.
         tau = np.arange(0.0, duration + FINE_DT_S, FINE_DT_S)
@@ -229,7 +228,9 @@ class ParametricDeconvolution:
                 else np.asarray(dispersion_mass, dtype=float))
         if mass.shape != (len(dispersions),) or not np.all(mass > 0):
             raise ValueError("dispersion_mass needs one positive weight per dispersion")
-        base = mass[np.searchsorted(np.asarray(dispersions, dtype=float), self._dispersion_atoms)]
+        # Combos run dispersion-major (:func:`_combos`): each dispersion's index, per candidate.
+        which = np.repeat(np.arange(len(dispersions)), self.n_combos // len(dispersions))
+        base = mass[np.repeat(which, self.n_delays)[order]]
         self._log_prior = tmax_flat_log_prior(self._tmax_atoms, TMAX_PRIOR_BIN_S,
                                               base).astype(np.float32)
         # Prior mean Tmax within each bin (the base measure's weighted mean).
@@ -412,15 +413,19 @@ class ParametricDeconvolution:
         return ParametricFit(self, flow, tmax, volume, area / self.aif_area, _ttp(data, self.frame_times))
 
 
+def _combos(dispersions, mtts, shapes) -> np.ndarray:
+    """Every (dispersion, MTT, shape) combination of the grids, (C, 3), dispersion-major."""
+    return np.array([(b, m, a) for b in dispersions for m in mtts for a in shapes], dtype=float)
+
+
 @functools.lru_cache(maxsize=8)
 def _effective_residues(n_tau: int, dispersions: tuple, mtts: tuple, shapes: tuple) -> np.ndarray:
     """Effective residues ``h_beta conv R`` (unit flow) of every (dispersion, MTT, shape)
-    combination, in the order of :class:`ParametricDeconvolution`'s ``combos``, on ``n_tau`` steps
-    of ``FINE_DT_S``; read-only. They do not depend on the AIF, so they are cached: the MR AIF
+    combination, in the order of :func:`_combos`, on ``n_tau`` steps of ``FINE_DT_S``;
+    read-only. They do not depend on the AIF, so they are cached: the MR AIF
     reconstruction builds about 450 models on one grid per session."""
     tau = np.arange(n_tau) * FINE_DT_S
-    combos = np.array([(b, m, a) for b in dispersions for m in mtts for a in shapes], dtype=float)
-    dispersion, mtt, shape = combos.T
+    dispersion, mtt, shape = _combos(dispersions, mtts, shapes).T
     r = kinetics.residue(tau[None, :], mtt[:, None], shape[:, None])
     out = r.copy()
     dispersed = dispersion > 0
@@ -442,16 +447,17 @@ def tmax_bins(tmax_s, bin_s: float) -> np.ndarray:
     return np.floor((tmax_s - tmax_s.min()) / bin_s).astype(np.int64)
 
 
-def tmax_flat_log_prior(tmax_s, bin_s: float, base=None) -> np.ndarray:
+def tmax_flat_log_prior(tmax_s, bin_s: float, base) -> np.ndarray:
     """Log prior weight of each candidate that makes the implied prior on Tmax uniform.
 
     Candidates are grouped into Tmax bins of ``bin_s`` seconds; each gets ``log(base / sum of base
-    in its bin)`` (``base`` positive, default 1 each), so every bin carries the same total prior
-    mass whatever the number of (delay, dispersion, MTT, shape) combinations that land in it
-    (Jaynes 1968: a prior flat in the reported quantity), shared within the bin as ``base`` says.
+    in its bin)`` (``base`` positive; all equal gives ``-log(count in its bin)``), so every bin
+    carries the same total prior mass whatever the number of (delay, dispersion, MTT, shape)
+    combinations that land in it (Jaynes 1968: a prior flat in the reported quantity), shared
+    within the bin as ``base`` says.
     """
     bins = tmax_bins(tmax_s, bin_s)
-    base = np.ones(bins.size) if base is None else np.asarray(base, dtype=float)
+    base = np.asarray(base, dtype=float)
     if base.shape != bins.shape or not np.all(base > 0):
         raise ValueError("base must hold one positive weight per candidate")
     return np.log(base) - np.log(np.bincount(bins, weights=base)[bins])
