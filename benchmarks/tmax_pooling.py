@@ -318,23 +318,24 @@ def _compare(args, root: Path) -> int:
                                  _load(_one(work, "cbv.nii")), vessel_cbv=lesions.VESSEL_CBV_ML_100G)
     record = json.loads(_one(work, "input_functions.json").read_text())
     aif, times = np.asarray(record["aif_scaled"]), np.asarray(record["frame_times_s"])
-    started = time.perf_counter()
-    series = tmax_series(np.asarray(image.dataobj), brain, voxel, args.fwhm)
+    conc = np.asarray(image.dataobj)
     maps = {"per-voxel fit": _load(_one(work, "tmax.nii"))}
     if not args.no_pool:
+        started = time.perf_counter()
+        series = tmax_series(conc, brain, voxel, args.fwhm)
         maps["pooled"] = pooled_tmax(series, brain, aif, times, voxel, args.fwhm)
-    seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        del series
     if reused:
-        current = denoise(np.asarray(image.dataobj), brain, voxel, args.fwhm)
+        current = denoise(conc, brain, voxel, args.fwhm)
         maps["current fit"] = perfusion_maps(current, brain, aif, times, method="parametric")["tmax"]
     if args.bilateral:
-        averaged = bilateral_series(np.asarray(image.dataobj), brain, voxel, args.fwhm)
+        averaged = bilateral_series(conc, brain, voxel, args.fwhm)
         maps["bilateral"] = perfusion_maps(averaged, brain, aif, times, method="parametric")["tmax"]
     if args.shape is not None:
         for spec in args.shape or ["peak:0.1"]:
             amp, floor = spec.split(":")
-            averaged = shape_series(np.asarray(image.dataobj), brain, voxel, args.fwhm, times, aif,
-                                    amp, float(floor))
+            averaged = shape_series(conc, brain, voxel, args.fwhm, times, aif, amp, float(floor))
             maps[spec] = perfusion_maps(averaged, brain, aif, times, method="parametric")["tmax"]
     truth = pd.read_csv(root / "bids" / "truth" / "truth_volumes.tsv", sep="\t").iloc[0]
     table = pd.read_csv(root / "out" / "group_perfusion.tsv", sep="\t").iloc[0]
