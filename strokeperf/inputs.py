@@ -792,13 +792,15 @@ def _is_float(token: str) -> bool:
     return True
 
 
-def load_dwi(session: Session) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """DWI series of ``session`` with validated b-values and b-vectors.
+def read_dwi_gradients(session: Session):
+    """Open the DWI header of ``session`` and validate its b-values and b-vectors against it.
+
+    Reads no image data, so it is cheap enough to run before a session's perfusion analysis: a
+    broken ``.bval`` then fails the session in seconds instead of after the whole DSC fit.
 
     Returns
     -------
-    data : (X, Y, Z, N) float32
-    affine : (4, 4) float64
+    img : the opened NIfTI image (data not yet read)
     bvals : (N,) float64, s/mm^2
     bvecs : (3, N) float64, one column per volume (BIDS convention)
 
@@ -846,7 +848,32 @@ def load_dwi(session: Session) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
         raise InputError(bval_path, f"has no diffusion-weighted volume (b >= "
                                     f"{B0_THRESHOLD_S_PER_MM2:g} s/mm^2); one is needed to compute "
                                     f"ADC")
+    return img, bvals, bvecs
 
+
+def check_diffusion_inputs(session: Session) -> None:
+    """Validate the session's diffusion inputs, if any, without reading the DWI data: the DWI
+    header with its b-values and b-vectors (:func:`read_dwi_gradients`) and the ADC map
+    (:func:`load_adc`, one 3D volume). Raises their :class:`InputError` naming the file."""
+    if session.dwi_file is not None:
+        read_dwi_gradients(session)
+    if session.adc_file is not None:
+        load_adc(session)
+
+
+def load_dwi(session: Session) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """DWI series of ``session`` with validated b-values and b-vectors
+    (:func:`read_dwi_gradients`, whose errors it raises).
+
+    Returns
+    -------
+    data : (X, Y, Z, N) float32
+    affine : (4, 4) float64
+    bvals : (N,) float64, s/mm^2
+    bvecs : (3, N) float64, one column per volume (BIDS convention)
+    """
+    img, bvals, bvecs = read_dwi_gradients(session)
+    path = session.dwi_file
     affine, _ = _geometry(img, path)
     data = _read_data(img, path)
     _check_finite(data, path)

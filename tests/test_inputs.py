@@ -13,8 +13,9 @@ import pytest
 
 from strokeperf.errors import (EXIT_MISSING_INPUT, EXIT_NO_MATCH, EXIT_NOT_BIDS, InputError,
                                MissingInputError, NoMatchError, NotBIDSError)
-from strokeperf.inputs import (MIN_FRAMES, Session, discover_sessions, load_adc, load_dwi,
-                               load_perfusion, read_frame_times, read_participants)
+from strokeperf.inputs import (MIN_FRAMES, Session, check_diffusion_inputs, discover_sessions,
+                               load_adc, load_dwi, load_perfusion, read_frame_times,
+                               read_participants)
 
 N_FRAMES = 20
 
@@ -563,10 +564,12 @@ def test_dwi_loaded(bids):
     assert bvecs.shape == (3, 4)
 
 
-def test_dwi_bval_count_mismatch(bids):
+@pytest.mark.parametrize("read", [load_dwi, check_diffusion_inputs])
+def test_dwi_bval_count_mismatch(bids, read):
+    # check_diffusion_inputs, run before the perfusion analysis, gives the loader's message.
     s = dwi_session(bids, bval="0 1000 1000")
     with pytest.raises(InputError) as err:
-        load_dwi(s)
+        read(s)
     assert str(err.value) == (f"{s.bval_file}: has 3 b-values but sub-01_ses-acute_dwi.nii.gz "
                               f"has 4 volumes")
 

@@ -66,7 +66,7 @@ def mri(tmp_path_factory):
 
 
 def test_sessions_complete_and_bad_bval_fails_alone(mri):
-    _, table, _ = mri
+    root, table, _ = mri
     assert table.loc[("sub-m61", "dsc"), "status"] == "ok"
     assert table.loc[("sub-m62", "dsc"), "status"] == "ok"
     assert table.loc[("sub-m64", "dsc"), "status"] == "ok"
@@ -74,6 +74,9 @@ def test_sessions_complete_and_bad_bval_fails_alone(mri):
     assert failed["status"] == "failed"
     assert "sub-m63_dwi.bval" in failed["error"]
     assert "has 3 b-values but sub-m63_dwi.nii.gz has 4 volumes" in failed["error"]
+    # It fails in the first task, before any perfusion work is spent on it (on a cluster too).
+    record = json.loads((root / "work" / "failures" / "sub-m63_dsc.json").read_text())
+    assert record["task"] == "load_dsc"
 
 
 def test_adc_core_matches_truth(mri):

@@ -16,7 +16,8 @@ from scipy import ndimage
 from strokeperf import aif as aif_stage
 from strokeperf import aif_reconstruction, brainmask, concentration, diffusion, lesions, registration
 from strokeperf.errors import DataError, InputError
-from strokeperf.inputs import Session, load_adc, load_dwi, load_perfusion
+from strokeperf.inputs import (Session, check_diffusion_inputs, load_adc, load_dwi,
+                               load_perfusion)
 from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array, voxel_size
 from strokeperf.interfaces.ctp import (VESSEL_SEARCH_MARGIN_MM, curves_and_qc, hypoperfusion,
                                        session_results, user_aif, write_input_functions)
@@ -32,8 +33,11 @@ def _source(session: dict) -> str:
 @records_failure
 def load_dsc(session: dict, frame_interval: float | None = None) -> tuple[File, list, float]:
     """Read and validate the DSC series; write it as float32 magnitude with its frame onsets (s)
-    and the echo time (s)."""
-    series = load_perfusion(Session.from_dict(session), frame_interval=frame_interval)
+    and the echo time (s). The diffusion inputs are validated here too (not read in full), so that
+    a broken ``.bval`` fails the session before its perfusion analysis rather than after it."""
+    s = Session.from_dict(session)
+    series = load_perfusion(s, frame_interval=frame_interval)
+    check_diffusion_inputs(s)
     path = save_array("dsc_signal.nii", series.data, series.affine)
     return path, [float(t) for t in series.frame_times], float(series.echo_time_s)
 
