@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 from fileformats.generic import File
 from pydra.compose import python
-from scipy import ndimage
 
 from strokeperf import aif as aif_stage
 from strokeperf import aif_reconstruction, brainmask, concentration, diffusion, lesions, registration
@@ -66,12 +65,14 @@ def mr_masks(session: dict, dsc_file: File, frame_times: list,
         raise InputError(_source(session), str(exc)) from exc
     # Voxels of the outline with a low baseline signal (partial volume with bone or air,
     # susceptibility dropout) give no usable delta-R2*: the rule of the MR AIF candidates.
-    brain &= s0 >= aif_stage.MR_MIN_S0_FRACTION * float(np.median(s0[brain]))
+    min_s0 = aif_stage.MR_MIN_S0_FRACTION * float(np.median(s0[brain]))
+    brain &= s0 >= min_s0
     csf = brainmask.mr_csf_mask(s0, brain, vs)
-    # Arteries at the brain surface and the sinuses lie just outside the brain mask; the dark skull
-    # (no S0) is never a candidate.
-    search = ndimage.binary_dilation(brain, structure=brainmask.ball(VESSEL_SEARCH_MARGIN_MM, vs))
-    search &= s0 > 0
+    try:
+        search = brainmask.mr_vessel_search_region(s0, brain, vs, VESSEL_SEARCH_MARGIN_MM,
+                                                   min_s0=min_s0)
+    except DataError as exc:
+        raise InputError(_source(session), str(exc)) from exc
     return (
         save_array("brain_mask.nii", brain, affine, np.uint8),
         save_array("csf_mask.nii", csf, affine, np.uint8),
