@@ -193,11 +193,11 @@ def mr_brain_mask(image, voxel_size_mm, skull_cut: bool = True) -> np.ndarray:
                         "EPI image looks like noise)")
     # No hole filling here: the dark skull is enclosed by the scalp and must stay out.
     head = smooth > level
-    not_bone = head
+    seed_region = head
     if skull_cut:
-        not_bone = head & (smooth > MR_SKULL_CUT_FRACTION * float(np.median(smooth[head])))
+        seed_region = head & (smooth > MR_SKULL_CUT_FRACTION * float(np.median(smooth[head])))
     bridge_cut = ball(MR_BRIDGE_CUT_MM, voxel_size_mm)
-    seeds = ndimage.binary_erosion(not_bone, structure=bridge_cut)
+    seeds = ndimage.binary_erosion(seed_region, structure=bridge_cut)
     labels, n = ndimage.label(seeds)
     if n == 0:
         raise DataError("empty brain mask: no head-sized region above the background on the EPI "

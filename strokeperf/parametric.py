@@ -212,7 +212,10 @@ class ParametricDeconvolution:
         bins = bins[order]
         self._bin_starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
         self._tmax_atoms = tmax_atoms[order]
-        self._dispersion_atoms = np.repeat(self.dispersion, self.n_delays)[order]
+        # Combos run dispersion-major (:func:`_combos`): each candidate's dispersion grid index.
+        dispersion_index = np.repeat(np.arange(len(dispersions)),
+                                     self.n_combos // len(dispersions) * self.n_delays)[order]
+        self._dispersion_atoms = np.asarray(dispersions, dtype=float)[dispersion_index]
         self._mtt_atoms = mtt_atoms[order].astype(np.float32)
         self._peak_atoms = peak_atoms[order].astype(np.float32)
         atoms = atoms.reshape(-1, t.size)[order].astype(np.float32)
@@ -228,9 +231,7 @@ class ParametricDeconvolution:
                 else np.asarray(dispersion_mass, dtype=float))
         if mass.shape != (len(dispersions),) or not np.all(mass > 0):
             raise ValueError("dispersion_mass needs one positive weight per dispersion")
-        # Combos run dispersion-major (:func:`_combos`): each dispersion's index, per candidate.
-        which = np.repeat(np.arange(len(dispersions)), self.n_combos // len(dispersions))
-        base = mass[np.repeat(which, self.n_delays)[order]]
+        base = mass[dispersion_index]
         self._log_prior = tmax_flat_log_prior(self._tmax_atoms, TMAX_PRIOR_BIN_S,
                                               base).astype(np.float32)
         # Prior mean Tmax within each bin (the base measure's weighted mean).

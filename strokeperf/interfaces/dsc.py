@@ -68,11 +68,9 @@ def mr_masks(session: dict, dsc_file: File, frame_times: list,
     min_s0 = aif_stage.MR_MIN_S0_FRACTION * float(np.median(s0[brain]))
     brain &= s0 >= min_s0
     csf = brainmask.mr_csf_mask(s0, brain, vs)
-    try:
-        search = brainmask.mr_vessel_search_region(s0, brain, vs, VESSEL_SEARCH_MARGIN_MM,
-                                                   min_s0=min_s0)
-    except DataError as exc:
-        raise InputError(_source(session), str(exc)) from exc
+    # Cannot fail once the brain mask has been found: its region only grows without the cut.
+    search = brainmask.mr_vessel_search_region(s0, brain, vs, VESSEL_SEARCH_MARGIN_MM,
+                                               min_s0=min_s0)
     return (
         save_array("brain_mask.nii", brain, affine, np.uint8),
         save_array("csf_mask.nii", csf, affine, np.uint8),
