@@ -1,8 +1,9 @@
 """End-to-end benchmark: one whole-brain CTP phantom session through the command line.
 
 Prints the phantom generation time, the pipeline's wall time, peak memory (resident set of this
-process and of the worker processes) and voxels per second, and the errors of each group-table volume
-against the phantom's truth.
+process and of the worker processes) and voxels per second, the errors of each group-table volume
+against the phantom's truth, and the mean CBF and CBV of normal tissue (true tissue with true
+Tmax < 4 s, the truth's reference region, inside the pipeline's tissue mask) against the truth's.
 
     python benchmarks/pipeline.py                      # whole brain, about 120 x 144 x 30 x 45
     python benchmarks/pipeline.py --seed 7 --irregular --voxel-size 2 2 5
@@ -29,6 +30,7 @@ import time
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pandas as pd
 
 VOLUMES = ["core_ml", "tmax4_ml", "tmax6_ml", "tmax8_ml", "tmax10_ml", "mismatch_ml"]
@@ -108,8 +110,21 @@ def main(argv=None) -> int:
         t, m = float(truth[col]), float(row[col])
         rel = f"{100 * (m - t) / t:+.0f}%" if t > 0 else "   -"
         print(f"{col:<12}{t:>10.1f}{m:>10.1f}{m - t:>+9.1f}{rel:>8}")
+    print_normal_tissue(bids, out)
     print(f"\noutputs: {out}" if args.keep else "")
     return 0
+
+
+def print_normal_tissue(bids: Path, out: Path) -> None:
+    """Mean CBF (mL/100 g/min) and CBV (mL/100 g) of normal tissue, truth against measured."""
+    truth = lambda name: nib.load(bids / "truth" / f"sub-bench_mod-ctp_{name}.nii.gz").get_fdata()
+    perf = out / "sub-bench" / "perf"
+    got = lambda name: nib.load(next(perf.glob(f"*_desc-ctp{name}.nii.gz"))).get_fdata()
+    normal = (truth("tissue") > 0) & (truth("tmax") < 4.0) & (got("Tissue_mask") > 0)
+    print(f"\n{'normal tissue':<14}{'truth':>8}{'measured':>10}{'rel.':>8}   ({normal.sum()} voxels)")
+    for name in ("cbf", "cbv"):
+        t, m = float(np.mean(truth(name)[normal])), float(np.mean(got(f"_{name}")[normal]))
+        print(f"{'mean ' + name.upper():<14}{t:>8.2f}{m:>10.2f}{100 * (m / t - 1):>+7.1f}%")
 
 
 if __name__ == "__main__":
