@@ -70,18 +70,11 @@ def aif_check(bids: Path, work: Path, label: str) -> dict:
 
 def normal_tissue(bids: Path, out: Path, label: str) -> str:
     """Mean CBF (mL/100 g/min) and CBV (mL/100 g) over normal tissue, truth against measured."""
-    truth = lambda name: np.asarray(
-        nib.load(bids / "truth" / f"sub-{label}_mod-dsc_{name}.nii.gz").dataobj, dtype=float)
-    perf = next((out / f"sub-{label}").rglob("perf"))
-    got = lambda name: np.asarray(nib.load(next(perf.glob(f"*_desc-dsc{name}.nii.gz"))).dataobj,
-                                  dtype=float)
-    normal = (truth("tissue") > 0) & (truth("tmax") < 4.0) & (got("Tissue_mask") > 0)
-    cells = []
-    for name in ("cbf", "cbv"):
-        t, m = float(np.mean(truth(name)[normal])), float(np.mean(got(f"_{name}")[normal]))
-        cells.append(f"{name.upper()} {t:.2f} -> {m:.2f} ({100 * (m / t - 1):+.0f}%)")
-    return "  ".join(cells)
+    from strokeperf.phantom.truth import normal_tissue_means
 
+    return "  ".join(f"{name.upper()} {t:.2f} -> {m:.2f} ({100 * (m / t - 1):+.0f}%)"
+                     for name, (t, m) in normal_tissue_means(bids, out, f"sub-{label}",
+                                                             "dsc").items())
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)

@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
 import pandas as pd
 
 VOLUMES = ["core_ml", "tmax4_ml", "tmax6_ml", "tmax8_ml", "tmax10_ml", "mismatch_ml"]
@@ -117,15 +116,11 @@ def main(argv=None) -> int:
 
 def print_normal_tissue(bids: Path, out: Path) -> None:
     """Mean CBF (mL/100 g/min) and CBV (mL/100 g) of normal tissue, truth against measured."""
-    truth = lambda name: nib.load(bids / "truth" / f"sub-bench_mod-ctp_{name}.nii.gz").get_fdata()
-    perf = out / "sub-bench" / "perf"
-    got = lambda name: nib.load(next(perf.glob(f"*_desc-ctp{name}.nii.gz"))).get_fdata()
-    normal = (truth("tissue") > 0) & (truth("tmax") < 4.0) & (got("Tissue_mask") > 0)
-    print(f"\n{'normal tissue':<14}{'truth':>8}{'measured':>10}{'rel.':>8}   ({normal.sum()} voxels)")
-    for name in ("cbf", "cbv"):
-        t, m = float(np.mean(truth(name)[normal])), float(np.mean(got(f"_{name}")[normal]))
-        print(f"{'mean ' + name.upper():<14}{t:>8.2f}{m:>10.2f}{100 * (m / t - 1):>+7.1f}%")
+    from strokeperf.phantom.truth import normal_tissue_means
 
+    print(f"\n{'normal tissue':<14}{'truth':>8}{'measured':>10}{'rel.':>8}")
+    for name, (t, m) in normal_tissue_means(bids, out, "sub-bench", "ctp").items():
+        print(f"{'mean ' + name.upper():<14}{t:>8.2f}{m:>10.2f}{100 * (m / t - 1):>+7.1f}%")
 
 if __name__ == "__main__":
     sys.exit(main())

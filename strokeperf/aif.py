@@ -174,9 +174,7 @@ class InputFunction:
     def with_curve(self, curve) -> "InputFunction":
         """The same voxels and censoring record with another curve (e.g. a reconstruction), its
         peak, timing, width, fit quality, completeness and first-pass area recomputed."""
-        out = _input_function(np.asarray(curve, dtype=float)[None, :], np.array([0]), (1,),
-                              self.times)
-        out.voxels = self.voxels
+        out = _curve_input_function(curve, self.times, self.voxels)
         out.censored_frames, out.censor_level = self.censored_frames, self.censor_level
         out.censored_fraction = self.censored_fraction
         return out
@@ -276,6 +274,13 @@ def _fwhm(curve, t) -> float:
     t_up = t[i] + (half - curve[i]) / (curve[i + 1] - curve[i]) * (t[i + 1] - t[i])
     t_down = t[j - 1] + (curve[j - 1] - half) / (curve[j - 1] - curve[j]) * (t[j] - t[j - 1])
     return float(t_down - t_up)
+
+
+def _curve_input_function(curve, t, voxels) -> InputFunction:
+    """The InputFunction of one already averaged ``curve`` of ``voxels`` (K, 3)."""
+    out = _input_function(np.asarray(curve, dtype=float)[None, :], np.array([0]), (1,), t)
+    out.voxels = voxels
+    return out
 
 
 def _input_function(flat, index, shape, t) -> InputFunction:
@@ -566,10 +571,9 @@ def select_vof(conc, frame_times, candidate_mask, aif: InputFunction,
     baseline_end = max(detect_bolus(np.asarray(aif.curve, dtype=float), t).baseline_end,
                        MIN_BASELINE_FRAMES)
     curve, chosen = crossfit_venous_curve(flat[candidates], t, baseline_end, n_voxels)
-    vof = _input_function(curve[None, :], np.array([0]), (1,), t)
-    vof.voxels = np.column_stack(
+    voxels = np.column_stack(
         np.unravel_index(np.sort(candidates[chosen]), np.asarray(conc).shape[:3])).astype(int)
-    return vof
+    return _curve_input_function(curve, t, voxels)
 
 
 def crossfit_venous_curve(curves, frame_times, baseline_end: int, n_voxels: int):
@@ -608,16 +612,15 @@ def crossfit_venous_curve(curves, frame_times, baseline_end: int, n_voxels: int)
     halves = [frames[0::2], frames[1::2]]
 
     def baselined(rows, half):
-        block = c[np.ix_(rows, half)]
+        block = rows[:, half]
         return block - block[:, half < baseline_end].mean(axis=1, keepdims=True)
 
-    everyone = np.arange(c.shape[0])
     curve = np.empty(t.size)
     chosen = []
     for rank_half, measure_half in (halves, halves[::-1]):
-        area = np.trapezoid(baselined(everyone, rank_half), t[rank_half], axis=1)
+        area = np.trapezoid(baselined(c, rank_half), t[rank_half], axis=1)
         best = np.argsort(-area, kind="stable")[:n_voxels]
-        curve[measure_half] = baselined(best, measure_half).mean(axis=0)
+        curve[measure_half] = baselined(c[best], measure_half).mean(axis=0)
         chosen.append(best)
     return curve, np.unique(np.concatenate(chosen))
 

@@ -12,13 +12,12 @@ the command line is compared with the phantom's truth table.
 
 from __future__ import annotations
 
-import nibabel as nib
-import numpy as np
 import pandas as pd
 import pytest
 
 from strokeperf.cli import main
 from strokeperf.phantom import PhantomConfig, generate_dataset, read_truth
+from strokeperf.phantom.truth import normal_tissue_means
 
 CASES = {
     "a7": dict(seed=7, irregular=True, lesion_side="R"),
@@ -78,11 +77,6 @@ def test_normal_tissue_cbf_and_cbv_match_truth(results, label):
     # Absolute CBF and CBV rest on the AIF's scaling to the VOF area. The VOF chosen as the
     # largest of noisy areas once read 11-14 % large, and every CBF and CBV as much too small.
     _, _, _, root = results
-    truth = lambda name: nib.load(root / "bids" / "truth" / f"sub-{label}_mod-ctp_{name}.nii.gz")
-    perf = root / "out" / f"sub-{label}" / "perf"
-    got = lambda name: nib.load(next(perf.glob(f"*_desc-ctp{name}.nii.gz"))).get_fdata()
-    normal = (truth("tissue").get_fdata() > 0) & (truth("tmax").get_fdata() < 4.0)
-    normal &= got("Tissue_mask") > 0
-    for name in ("cbf", "cbv"):
-        want = truth(name).get_fdata()[normal].mean()
-        assert got(f"_{name}")[normal].mean() == pytest.approx(want, rel=0.10), name
+    means = normal_tissue_means(root / "bids", root / "out", f"sub-{label}", "ctp")
+    for name, (want, got) in means.items():
+        assert got == pytest.approx(want, rel=0.10), name

@@ -120,3 +120,31 @@ def read_truth(out_dir) -> pd.DataFrame:
     for column in NUMERIC_COLUMNS:
         table[column] = pd.to_numeric(table[column].replace("n/a", np.nan), errors="raise").astype(float)
     return table
+
+
+def normal_tissue_means(bids_dir, derivatives_dir, participant_id: str,
+                        modality: str) -> dict[str, tuple[float, float]]:
+    """Mean CBF (mL/100 g/min) and CBV (mL/100 g) over normal tissue, ``{name: (truth, measured)}``.
+
+    Normal tissue is the truth's reference region (tissue with true Tmax < ``REFERENCE_TMAX_S``)
+    inside the pipeline's tissue mask. Truth maps come from ``BIDS_DIR/truth``, measured maps from
+    the ``perf`` folder of ``participant_id`` (any session) in ``DERIVATIVES_DIR``.
+    """
+    import nibabel as nib
+
+    def load(path: Path) -> np.ndarray:
+        return np.asarray(nib.load(path).dataobj, dtype=float)
+
+    truth_dir = Path(bids_dir) / "truth"
+    perf = next((Path(derivatives_dir) / participant_id).rglob("perf"))
+
+    def truth(name):
+        return load(truth_dir / f"{participant_id}_mod-{modality}_{name}.nii.gz")
+
+    def measured(name):
+        return load(next(perf.glob(f"*_desc-{modality}{name}.nii.gz")))
+
+    normal = (truth("tissue") > 0) & (truth("tmax") < REFERENCE_TMAX_S)
+    normal &= measured("Tissue_mask") > 0
+    return {name: (float(np.mean(truth(name)[normal])), float(np.mean(measured(f"_{name}")[normal])))
+            for name in ("cbf", "cbv")}
