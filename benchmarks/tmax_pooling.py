@@ -50,6 +50,14 @@ its own flow to its own noise, which loses more the lower the per-voxel signal-t
 adopted. The bilateral average gained less (seed 21 -25 % -> -20 %, 41 -26 % -> -23 %) and also
 lost at 20 HU (Tmax > 6 s +14 %): at 10 HU the test cannot tell low-flow curves 1-2 s apart, and
 at 20 HU it drops neighbours that noise made look different.
+
+Also compared (``--spatial-prior [FIELD_SD ...]``, measured 2026-12-05): a spatial prior only for
+the voxels whose own curve does not determine Tmax (:func:`spatial_prior_tmax`), aimed at the large
+cores whose Tmax > 10 s the per-voxel fit over-reads (seeds 12 and 16). Tmax > 10 s moved towards
+the truth on 8 of 9 seeds at 10 HU (16: +140 % -> +16 %, 21: -11 % -> -3 %) but seed 12 went from
++49 % to +78 %, and at 20 HU Tmax > 6 s read +12 % (per-voxel fit +5 %): averaging among
+uninformative voxels moves the lesion's rim, where Tmax rises towards the centre, later. Not
+adopted (docs/accuracy.md).
 """
 
 from __future__ import annotations
@@ -186,6 +194,63 @@ def pooled_tmax(series, mask, aif, frame_times, voxel_size_mm, fwhm_mm: float,
     return out
 
 
+#: Spatial prior (``--spatial-prior``): a voxel is uninformative when its posterior SD of Tmax
+#: exceeds the 2 s spacing of the clinical Tmax thresholds (4/6/8/10 s); the prior's curves are
+#: averaged over this FWHM (mm) among uninformative voxels only.
+UNINFORMATIVE_TMAX_SD_S = 2.0
+SPATIAL_PRIOR_FWHM_MM = 15.0
+
+
+def tmax_moments(model, curves, prior=None, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    """Posterior mean and SD of Tmax (s) of ``curves`` (n, T) under the model's prior, times a
+    Gaussian ``prior = (mean, variance)`` in Tmax per curve when given; 0 for curves without tracer."""
+    t = model.candidate_tmax
+    mean, sd = np.zeros(curves.shape[0]), np.zeros(curves.shape[0])
+    with threadpool_limits(limits=1, user_api="blas"):
+        for start in range(0, curves.shape[0], chunk_size):
+            part = slice(start, start + chunk_size)
+            log_prior = model.log_prior
+            if prior is not None:
+                m, v = (np.asarray(a[part], dtype=np.float32)[:, None] for a in prior)
+                log_prior = log_prior[None, :] - 0.5 * (t[None, :] - m) ** 2 / np.maximum(v, 1e-3)
+            w = model.posterior_weights(curves[part], log_prior)
+            m1, m2 = w @ t, w @ (t * t)
+            mean[part], sd[part] = m1, np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
+    return mean, sd
+
+
+def spatial_prior_tmax(conc, series, mask, aif, frame_times, voxel_size_mm,
+                       field_sd_s=(0.0,)) -> dict[float, np.ndarray]:
+    """Tmax map (s) with a spatial prior for uninformative voxels (``--spatial-prior``).
+
+    Empirical Bayes in the spirit of Besag (1974, J R Stat Soc B 36:192) and adaptive smoothing
+    (Polzehl & Spokoiny 2006): voxels whose own posterior SD of Tmax exceeds
+    :data:`UNINFORMATIVE_TMAX_SD_S` (``series``, the session's smoothed curves) get a Gaussian prior
+    on Tmax, the posterior mean and variance of the raw curves ``conc`` averaged over
+    :data:`SPATIAL_PRIOR_FWHM_MM` among the uninformative voxels only (normalised convolution, so
+    that brighter, informative neighbours do not impose their timing); their Tmax is the posterior
+    mean of their own curve under that prior, whose variance is widened by ``field_sd_s`` (s,
+    the true Tmax's assumed spread within the averaging kernel). Informative voxels keep the
+    per-voxel fit. Returns one map per field SD.
+    """
+    times = np.asarray(frame_times, dtype=float)
+    model = ParametricDeconvolution(aif, times)
+    mean, sd = tmax_moments(model, series[mask])
+    uninformative = np.zeros(mask.shape, dtype=bool)
+    uninformative[mask] = sd > UNINFORMATIVE_TMAX_SD_S
+    wide = denoise(conc, uninformative, voxel_size_mm, SPATIAL_PRIOR_FWHM_MM)[uninformative]
+    prior_mean, prior_sd = tmax_moments(model, wide)
+    maps = {}
+    for field_sd in field_sd_s:
+        own, _ = tmax_moments(model, series[uninformative],
+                              prior=(prior_mean, prior_sd ** 2 + field_sd ** 2))
+        out = np.zeros(mask.shape, dtype=np.float32)
+        out[mask] = mean
+        out[uninformative] = own
+        maps[field_sd] = np.clip(out, 0.0, times[-1] - times[0])
+    return maps
+
+
 def tmax_series(conc, mask, voxel_size_mm, fwhm_mm: float) -> np.ndarray:
     """The concentration series (X, Y, Z, T) that :func:`pooled_tmax` expects: smoothed within
     ``mask`` at the data width of the session's smoothing FWHM ``fwhm_mm``."""
@@ -289,6 +354,9 @@ def main(argv=None) -> int:
                    help="also Tmax from curves averaged as shapes (shape_series), AMP one of\n"
                         "peak, area, cbf, FLOOR a fraction of the median (default peak:0.1)")
     p.add_argument("--no-pool", action="store_true", help="skip the pooled-evidence Tmax")
+    p.add_argument("--spatial-prior", nargs="*", type=float, default=None, metavar="FIELD_SD",
+                   help="also Tmax with a spatial prior for uninformative voxels, one map per\n"
+                        "field SD in s (default 0; spatial_prior_tmax, +10-20 s)")
     args = p.parse_args(argv)
     if args.keep:
         return _compare(args, args.keep)
@@ -337,6 +405,12 @@ def _compare(args, root: Path) -> int:
             amp, floor = spec.split(":")
             averaged = shape_series(conc, brain, voxel, args.fwhm, times, aif, amp, float(floor))
             maps[spec] = perfusion_maps(averaged, brain, aif, times, method="parametric")["tmax"]
+    if args.spatial_prior is not None:
+        series = denoise(conc, brain, voxel, args.fwhm)
+        found = spatial_prior_tmax(conc, series, brain, aif, times, voxel,
+                                   args.spatial_prior or (0.0,))
+        maps.update({f"spatial prior {sd:g} s": m for sd, m in found.items()})
+        del series
     truth = pd.read_csv(root / "bids" / "truth" / "truth_volumes.tsv", sep="\t").iloc[0]
     table = pd.read_csv(root / "out" / "group_perfusion.tsv", sep="\t").iloc[0]
     pooled = "" if args.no_pool else f"; pooled Tmax of {brain.sum():,} voxels in {seconds:.1f} s"
