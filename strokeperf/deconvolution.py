@@ -29,9 +29,10 @@ All SVD methods share one computation per chunk of voxels, in the singular basis
 matrix ``A = U S V^T``: project the curves ``b = U^T c``, weigh the components by per-voxel filter
 factors ``phi`` (0/1 for truncation, ``s^2 / (s^2 + lambda^2)`` for Tikhonov; Hansen 1998, Rank-
 deficient and discrete ill-posed problems, SIAM), synthesise ``r = V diag(phi / s) b``. Work arrays
-are float32 and time-major (components x voxels), so that reductions over time run over contiguous
-rows; the residue itself is only materialised for the chunk in hand and recomputed on request
-(:attr:`DeconvolutionFit.residue`).
+are float32; the coefficients and the oSVD search are time-major (components x voxels), so that
+reductions over time run over contiguous rows, and the synthesised residue is voxel-major for its
+peak search (``argmax`` along rows). The residue itself is only materialised for the chunk in hand
+and recomputed on request (:attr:`DeconvolutionFit.residue`).
 """
 
 from __future__ import annotations
@@ -83,10 +84,19 @@ TIKHONOV_CRITERIA = ("gcv", "lcurve")
 #: when its minimum is flat, Hansen 1998), which gives CBF CVs two to three times those of the
 #: L-curve at the same noise.
 TIKHONOV_DEFAULT_CRITERION = "lcurve"
-#: Voxels per chunk: bounds the work memory (oSVD: a (4T - 2) x chunk float32 array, 1.4 MB at 45
-#: frames). Measured on 2 cores, oSVD at 45 frames: 0.82, 0.88, 0.93 and 0.85 microseconds per voxel
-#: with chunks of 2048, 1024, 512 and 4096.
+#: Voxels per chunk: bounds the work memory (float32 coefficients and residues, 2T x chunk each,
+#: 0.7 MB at 45 frames). Larger chunks spread the Python overhead of a chunk (some 50 numpy calls)
+#: over more voxels; the oSVD search works in smaller blocks within a chunk (``OSVD_SEARCH_BLOCK``).
 DEFAULT_CHUNK_SIZE = 2048
+#: Voxels per block of the oSVD candidate search: its work arrays (float32 residue and second
+#: difference, (4T - 2) x block, and their absolute values: 1.1 MB at 45 frames) are rewritten once
+#: per candidate and must stay in the core's L2 cache, while each block costs some 40 numpy calls.
+#: Measured single-threaded at 45 frames, the search alone costs 0.44-0.48 us per voxel in blocks of
+#: 820 to 1400 voxels, 0.50-0.52 us in blocks of 683 and 0.64-0.71 us in blocks of 2048; blocks of
+#: 1024 cost 0.64 us: with a power of two the columns that BLAS accumulates alias in the L1 cache.
+#: Whole fits (chunks of 2048) with blocks of at most 880, 1040, 1200 or 1360 voxels ran 4-6 %
+#: faster than with three blocks of 683.
+OSVD_SEARCH_BLOCK = 1040
 #: Relative tolerance under which frame intervals count as uniform (no resampling).
 UNIFORM_RTOL = 1e-3
 
@@ -208,22 +218,23 @@ class _SVDDeconvolution(ABC):
         """Filtered coefficients of ``coef`` (K, n) for stored per-voxel regularisations."""
 
     def _peak(self, r: np.ndarray):
-        """Peak value (1/s) and sub-frame lag (frames) of time-major residues ``r`` (L, n)."""
-        L, n = r.shape
-        cols = np.arange(n)
-        peak = r.max(axis=0)
-        # First index of the maximum, by reductions over contiguous rows (argmax over axis 0 of a
-        # C-ordered array is an order of magnitude slower).
-        reverse = np.arange(L - 1, -1, -1, dtype=np.float32)[:, None]
-        k = (L - 1) - ((r == peak[None, :]) * reverse).max(axis=0).astype(np.intp)
-        k = np.clip(k, 0, L - 1)
+        """Peak value (1/s) and sub-frame lag (frames) of voxel-major residues ``r`` (n, L)."""
+        n, L = r.shape
+        flat = r.ravel()
+        start = np.arange(n) * L
+        # First index of the maximum: np.argmax along contiguous rows, 2x faster than finding it
+        # by reductions over the rows of a time-major array.
+        k = np.argmax(r, axis=1)
+        peak = flat[start + k]
+        # argmax stops at a NaN; NaN residues (NaN curves) keep the last index, as before.
+        k[np.isnan(peak)] = L - 1
         if self.circulant:
-            prev, nxt = r[(k - 1) % L, cols], r[(k + 1) % L, cols]
+            prev, nxt = flat[start + (k - 1) % L], flat[start + (k + 1) % L]
             off = parabolic_offset(prev, peak, nxt)
             # Indices in the padded half are negative lags (tissue earlier than the AIF).
             lag = np.where(k >= self.n_times, k - L, k) + off
         else:
-            prev, nxt = r[np.maximum(k - 1, 0), cols], r[np.minimum(k + 1, L - 1), cols]
+            prev, nxt = flat[start + np.maximum(k - 1, 0)], flat[start + np.minimum(k + 1, L - 1)]
             off = np.where((k == 0) | (k == L - 1), 0.0, parabolic_offset(prev, peak, nxt))
             lag = k + off
         return peak.astype(float), lag
@@ -240,8 +251,11 @@ class _SVDDeconvolution(ABC):
         chunk_size : int
             Voxels processed at once (bounds the work memory to O(workers x chunk_size x T)).
         workers : int
-            Threads deconvolving chunks concurrently (numpy and BLAS release the GIL); keep BLAS
-            itself at one thread (``threadpoolctl``), as :func:`perfusion_maps` does.
+            Threads deconvolving chunks concurrently; keep BLAS itself at one thread
+            (``threadpoolctl``), as :func:`perfusion_maps` does. Numpy releases the GIL in its
+            loops but scipy's BLAS wrappers (the oSVD search) do not, and a chunk makes over 100
+            calls, each handing the GIL over: on 2 virtual cores 2 workers ran oSVD at 0.9-1.1x
+            the speed of one.
 
         Returns
         -------
@@ -272,17 +286,20 @@ class _SVDDeconvolution(ABC):
         regularisation)."""
         nt, dt = self.n_times, self.dt
         c = self._uniform_curves(curves[part])
-        coef = self._project @ c.T                                       # (K, n)
-        filtered, out[4][part] = self._choose(coef)
-        out[0][part], lag = self._peak(self._synth[:, : filtered.shape[0]] @ filtered)
-        out[1][part] = lag * dt
-        i = np.arange(c.shape[0])
+        # TTP and area first, while the curves are in cache (the oSVD search evicts them).
+        flat, start = c.ravel(), np.arange(c.shape[0]) * nt
         kc = np.argmax(c, axis=1)
-        ck = c[i, kc]
-        off_c = parabolic_offset(c[i, np.maximum(kc - 1, 0)], ck, c[i, np.minimum(kc + 1, nt - 1)])
+        ck = flat[start + kc]
+        off_c = parabolic_offset(flat[start + np.maximum(kc - 1, 0)], ck,
+                                 flat[start + np.minimum(kc + 1, nt - 1)])
         off_c = np.where((kc == 0) | (kc == nt - 1), 0.0, off_c)
         out[2][part] = (kc + off_c) * dt
         out[3][part] = _trapezoid_uniform(c, dt) / self.aif_area
+        coef = self._project @ c.T                                       # (K, n)
+        filtered, out[4][part] = self._choose(coef)
+        # Residues voxel-major (n, L), the transpose of synth @ filtered, for the peak search.
+        out[0][part], lag = self._peak(filtered.T @ self._synth[:, : filtered.shape[0]].T)
+        out[1][part] = lag * dt
 
     def residue(self, curves, regularisation, chunk_size: int = DEFAULT_CHUNK_SIZE):
         """Flow-scaled residues ``F R(t)`` (N, T_uniform) in 1/s for stored per-voxel parameters."""
@@ -358,7 +375,7 @@ class BlockCirculantSVD(_TruncatedSVD):
 
     - per voxel, by oscillation index ("oSVD"): the smallest candidate threshold of ``thresholds``
       whose residue has an oscillation index below ``oscillation_index`` (Wu et al. 2003). All
-      candidates are evaluated for a chunk of voxels at once by adding singular components to the
+      candidates are evaluated for a block of voxels at once by adding singular components to the
       residue and its second difference (both linear in the components) and reducing over time;
       only the chosen residue is synthesised in full; or
     - globally, at a fixed fraction ``threshold`` of the largest singular value ("cSVD").
@@ -391,6 +408,9 @@ class BlockCirculantSVD(_TruncatedSVD):
     >>> fit.cbf.shape
     (2,)
     """
+
+    #: Voxels per block of the oSVD search (:data:`OSVD_SEARCH_BLOCK`).
+    search_block = OSVD_SEARCH_BLOCK
 
     def __init__(self, aif, frame_times, oscillation_index: float = OSCILLATION_INDEX_WU2003,
                  threshold: float | None = None, dt: float | None = None,
@@ -426,31 +446,50 @@ class BlockCirculantSVD(_TruncatedSVD):
         self._blocks = [np.asfortranarray(both[a:b], dtype=np.float32)
                         for a, b in zip(bounds[:-1], bounds[1:])]
         self._limit = np.float32(self.oscillation_index * L)
+        # Component numbers and ranks in int16: the (K x voxels) comparison that masks the
+        # components beyond each voxel's rank is 6x faster than in int64.
+        self._component_order = np.arange(self.n_components, dtype=np.int16)[:, None]
+        self._ranks16 = self.candidate_ranks.astype(np.int16)
 
     def _choose(self, coef):
         if self.threshold is not None:
             return super()._choose(coef)
         L, n = self.n_padded, coef.shape[1]
         n_cand = self.candidate_ranks.size
-        work = np.zeros((n, 2 * L - 2), dtype=np.float32, order="F")
-        rows = work.T                        # (2L - 2, n) C-ordered view: residue, 2nd difference
-        absolute = np.empty((L - 2, n), dtype=np.float32)
-        peak = np.zeros((n_cand, n), dtype=np.float32)
-        osc = np.zeros((n_cand, n), dtype=np.float32)
-        start = 0
-        for k, (rank, block) in enumerate(zip(self.candidate_ranks, self._blocks)):
-            # work += coef[start:rank].T @ block, in place.
-            sgemm(1.0, coef[start:rank].T, block, beta=1.0, c=work, overwrite_c=1)
-            start = rank
-            if k > 0:  # the heaviest truncation is the fallback for voxels oscillating throughout
-                np.max(rows[:L], axis=0, out=peak[k])
-                np.sum(np.abs(rows[L:], out=absolute), axis=0, out=osc[k])
-        # Lightest candidate whose oscillation index is within the target (Wu et al. 2003).
+        block = min(n, self.search_block)
+        # Peak and oscillation sum of candidates 1.. (candidate 0, the heaviest truncation, is the
+        # fallback for voxels oscillating throughout and needs neither).
+        peak = np.empty((n_cand - 1, n), dtype=np.float32)
+        osc = np.empty((n_cand - 1, n), dtype=np.float32)
+        # Work arrays of one block, reused by the next: the (voxels x 2L-2) Fortran array that BLAS
+        # accumulates into is the (2L-2 x voxels) time-major array of the residue and its second
+        # difference; and the absolute second differences.
+        work_memory = np.empty(block * (2 * L - 2), dtype=np.float32)
+        absolute_memory = np.empty(block * (L - 2), dtype=np.float32)
+        for first in range(0, n, block):
+            part = slice(first, first + block)
+            # Contiguous, so that part_coef[start:rank].T is a Fortran array BLAS takes as is.
+            part_coef = np.ascontiguousarray(coef[:, part])
+            m = part_coef.shape[1]
+            work = work_memory[: m * (2 * L - 2)].reshape((m, 2 * L - 2), order="F")
+            residue, second = work.T[:L], work.T[L:]
+            absolute = absolute_memory[: m * (L - 2)].reshape(L - 2, m)
+            start = 0
+            for k, (rank, components) in enumerate(zip(self.candidate_ranks, self._blocks)):
+                # work (+)= coef[start:rank].T @ components, in place (beta 0: the first candidate
+                # overwrites the previous block's values).
+                sgemm(1.0, part_coef[start:rank].T, components, beta=float(k > 0), c=work,
+                      overwrite_c=1)
+                start = rank
+                if k > 0:
+                    np.maximum.reduce(residue, axis=0, out=peak[k - 1, part])
+                    np.add.reduce(np.abs(second, out=absolute), axis=0, out=osc[k - 1, part])
+        # Lightest candidate whose oscillation index is within the target (Wu et al. 2003), else 0.
         ok = osc <= self._limit * np.maximum(peak, 0)
-        ok[0] = True
-        index = (ok * np.arange(n_cand, dtype=np.int8)[:, None]).max(axis=0)
-        keep = np.arange(coef.shape[0])[:, None] < self.candidate_ranks[index][None, :]
-        return coef * keep, self.candidate_thresholds[index]
+        index = (ok * np.arange(1, n_cand, dtype=np.int16)[:, None]).max(axis=0, initial=0)
+        keep = self._component_order < self._ranks16[index]
+        # In place: coef is the chunk's own projection (_fit_chunk).
+        return np.multiply(coef, keep, out=coef), self.candidate_thresholds[index]
 
 
 class CircularSVD(BlockCirculantSVD):

@@ -10,7 +10,8 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from strokeperf import kinetics
-from strokeperf.deconvolution import (METHODS, BlockCirculantSVD, StandardSVD, TikhonovSVD,
+from strokeperf.deconvolution import (METHODS, OSCILLATION_INDEX_WU2003, OSVD_THRESHOLDS,
+                                      BlockCirculantSVD, StandardSVD, TikhonovSVD,
                                       convolution_matrix, perfusion_maps)
 from strokeperf.errors import DataError
 
@@ -149,6 +150,53 @@ def test_truncated_svd_equals_the_pseudo_inverse(variant):
     expected = (np.linalg.pinv(model.matrix, rcond=model.threshold) @ pad.T).T
     np.testing.assert_allclose(fit.residue, expected[:, : t.size], atol=1e-5 * expected.max())
     np.testing.assert_allclose(fit.residue_peak, expected.max(axis=1), rtol=1e-4)
+
+
+def test_osvd_picks_the_threshold_of_the_direct_search():
+    # oSVD (Wu et al. 2003) as written: for each candidate threshold, the truncated pseudo-inverse
+    # of the block-circulant matrix (float64), the residue's oscillation index
+    # sum |r(k) - 2 r(k-1) + r(k-2)| / (L max r); the lightest threshold within the target, the
+    # heaviest if none is. The blocked float32 search must pick the same threshold for every curve
+    # away from a float32 tie, whatever the blocks, chunks and threads.
+    rng = np.random.default_rng(21)
+    t = np.arange(0.0, 45.0, 1.0)
+    model = BlockCirculantSVD(aif_curve(t), t)
+    clean = [tissue_curve(t, cbf, mtt, delay, 3.0, 1.0)[0]
+             for cbf in (10.0, 50.0) for mtt in (3.0, 9.0) for delay in (0.0, 6.0)]
+    curves = np.concatenate([np.repeat(clean, 50, axis=0), np.zeros((120, t.size))])
+    sigma = rng.choice([0.3, 2.0, 6.0, 20.0], size=(curves.shape[0], 1))
+    curves = curves + sigma * rng.normal(0.0, 1.0, curves.shape)
+    curves[-20:] = 0.0                                    # no tracer: every candidate is flat
+
+    L, limit = model.n_padded, OSCILLATION_INDEX_WU2003 * model.n_padded
+    u, s, vt = np.linalg.svd(model.matrix)
+    coef = curves @ u[: t.size]                           # (n, L), the padded half is zero
+    lightest_first = sorted(OSVD_THRESHOLDS)
+    chosen = np.full(curves.shape[0], np.nan)
+    residue_peak = np.full(curves.shape[0], np.nan)
+    near_tie = np.zeros(curves.shape[0], dtype=bool)
+    for threshold in lightest_first:
+        rank = int(np.sum(s >= threshold * s[0]))
+        r = (coef[:, :rank] / s[:rank]) @ vt[:rank]        # (n, L) truncated residues
+        oscillation = np.abs(r[:, 2:] - 2.0 * r[:, 1:-1] + r[:, :-2]).sum(axis=1)
+        bound = limit * np.maximum(r.max(axis=1), 0.0)
+        passes = oscillation <= bound
+        near_tie |= np.abs(oscillation - bound) < 1e-3 * bound
+        new = np.isnan(chosen) & (passes | (threshold == lightest_first[-1]))
+        chosen[new], residue_peak[new] = threshold, r.max(axis=1)[new]
+    assert near_tie.mean() < 0.02
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        model.search_block = 97       # several search blocks per chunk, the last one partial
+        fits = [model.fit(curves), model.fit(curves, chunk_size=150, workers=2)]
+    for fit in fits:
+        np.testing.assert_array_equal(fit.regularisation[~near_tie], chosen[~near_tie])
+        np.testing.assert_allclose(fit.residue_peak[~near_tie], residue_peak[~near_tie],
+                                   rtol=1e-4, atol=1e-6 * residue_peak.max())
+    # The curves span the ladder, from the lightest threshold (clean and empty curves) to the
+    # fallback on the heaviest (noise only).
+    assert len(np.unique(chosen)) >= 8 and chosen.max() == lightest_first[-1]
+    assert np.all(chosen[-20:] == lightest_first[0])
 
 
 @pytest.mark.parametrize("criterion", ["lcurve", "gcv"])
