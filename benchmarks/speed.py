@@ -12,6 +12,13 @@ Run: ``python benchmarks/speed.py [--voxels 1000000] [--skip-denoise] [--methods
   loops ran at little more than half speed (oSVD 0.58 M voxels/s traced, 1.0 M untraced).
   ``--repeat R`` reports the fastest of R timed runs (the cores of a shared machine are noisy).
 - ``denoise`` on a 120 x 144 x 30 x 45 series.
+- ``--session DIR``: a whole-brain session kept by ``benchmarks/pipeline.py --keep DIR``, its
+  deconvolution with the default method as the pipeline runs it (``perfusion_maps`` on the
+  smoothed series, with the neighbourhood prior on Tmax of ``parametric.neighbourhood_prior``) and
+  without that prior, and how many voxels the prior revised::
+
+      python benchmarks/pipeline.py --seed 104 --phantom aif_peak_hu=150.0 --keep /tmp/s104
+      python benchmarks/speed.py --session /tmp/s104 --repeat 2
 
 Accuracy against analytic truth is benchmarks/accuracy.py.
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -110,6 +118,41 @@ def bench_denoise():
           f"{out[mask].std():.2f} HU")
 
 
+def bench_session(root: Path, repeat: int = 1):
+    import json
+
+    import nibabel as nib
+
+    from strokeperf.concentration import DENOISE_FWHM_MM
+    from strokeperf.parametric import (UNINFORMATIVE_TMAX_SD_S, ParametricDeconvolution,
+                                       neighbourhood_prior)
+
+    def one(name):
+        return next((root / "work").rglob(name))
+
+    image = nib.load(one("delta_hu.nii"))
+    voxel = np.asarray(image.header.get_zooms()[:3], dtype=float)
+    raw = np.asarray(image.dataobj, dtype=np.float32)
+    brain = np.asarray(nib.load(one("brain_mask.nii")).dataobj) > 0
+    record = json.loads(one("input_functions.json").read_text())
+    aif, t = np.asarray(record["aif_scaled"]), np.asarray(record["frame_times_s"])
+    series = denoise(raw, brain, voxel, DENOISE_FWHM_MM)
+    n = int(brain.sum())
+    print(f"session {root}: {n:,} brain voxels x {t.size} frames, voxel {voxel.tolist()} mm")
+    for label, size in (("without neighbourhood prior", None), ("with neighbourhood prior", voxel)):
+        _, wall, peak_mib = measure(lambda: perfusion_maps(series, brain, aif, t, "parametric",
+                                                           voxel_size_mm=size, unsmoothed=raw),
+                                    repeat)
+        print(f"  parametric {label:28s}: wall {wall:6.2f} s  {n / wall:9,.0f} voxels/s  "
+              f"peak traced memory {peak_mib:7.1f} MiB")
+    with threadpool_limits(limits=1, user_api="blas"):
+        model = ParametricDeconvolution(aif, t)
+        fit = model.fit(series[brain], keep_sd_above=UNINFORMATIVE_TMAX_SD_S)
+        revised = neighbourhood_prior(model, raw, brain, fit.tmax_bins, voxel)[0].size
+    print(f"  uninformative (posterior SD of Tmax > {UNINFORMATIVE_TMAX_SD_S:g} s): "
+          f"{fit.tmax_bins[0].size / n:.1%} of voxels; Tmax revised by the prior: {revised / n:.1%}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--voxels", type=int, default=1_000_000)
@@ -118,7 +161,12 @@ def main():
     parser.add_argument("--skip-denoise", action="store_true")
     parser.add_argument("--repeat", type=int, default=1,
                         help="timed runs per deconvolution measurement; the fastest is reported")
+    parser.add_argument("--session", type=Path, metavar="DIR",
+                        help="time only a kept whole-brain session's deconvolution (see above)")
     args = parser.parse_args()
+    if args.session:
+        bench_session(args.session, max(args.repeat, 1))
+        return
     bench_deconvolution(args.voxels, args.methods, args.parametric_voxels, max(args.repeat, 1))
     if not args.skip_denoise:
         bench_denoise()

@@ -59,8 +59,10 @@ the truth on 8 of 9 seeds at 10 HU (16: +140 % -> +16 %, 21: -11 % -> -3 %) but 
 uninformative voxels moves the lesion's rim, where Tmax rises towards the centre, later. Not
 adopted (docs/accuracy.md). With ``--prior-below 6`` (the prior only where it reads as normal) it
 changes nothing at 10 HU and removes most of the noise-driven over-read at low contrast (seed 104,
-``--phantom aif_peak_hu=150.0``: Tmax > 6 s +14 % -> -9 %, Tmax > 4 s +108 % -> +13 %): the
-leading candidate for the default, still to be measured on the DSC and coarse-grid sessions.
+``--phantom aif_peak_hu=150.0``: Tmax > 6 s +14 % -> -9 %, Tmax > 4 s +108 % -> +13 %). Adopted
+as the default method's ``parametric.neighbourhood_prior`` (2026-12-05; the per-voxel fit in the
+pipeline's ``tmax.nii`` now includes it). ``--neighbourhood`` recomputes the default fit without
+and with it from the kept session and times both.
 """
 
 from __future__ import annotations
@@ -204,24 +206,6 @@ UNINFORMATIVE_TMAX_SD_S = 2.0
 SPATIAL_PRIOR_FWHM_MM = 15.0
 
 
-def tmax_moments(model, curves, prior=None, chunk_size: int = DEFAULT_CHUNK_SIZE):
-    """Posterior mean and SD of Tmax (s) of ``curves`` (n, T) under the model's prior, times a
-    Gaussian ``prior = (mean, variance)`` in Tmax per curve when given; 0 for curves without tracer."""
-    t = model.candidate_tmax
-    mean, sd = np.zeros(curves.shape[0]), np.zeros(curves.shape[0])
-    with threadpool_limits(limits=1, user_api="blas"):
-        for start in range(0, curves.shape[0], chunk_size):
-            part = slice(start, start + chunk_size)
-            log_prior = model.log_prior
-            if prior is not None:
-                m, v = (np.asarray(a[part], dtype=np.float32)[:, None] for a in prior)
-                log_prior = log_prior[None, :] - 0.5 * (t[None, :] - m) ** 2 / np.maximum(v, 1e-3)
-            w = model.posterior_weights(curves[part], log_prior)
-            m1, m2 = w @ t, w @ (t * t)
-            mean[part], sd[part] = m1, np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
-    return mean, sd
-
-
 def spatial_prior_tmax(conc, series, mask, aif, frame_times, voxel_size_mm,
                        field_sd_s=(0.0,), below_s=None) -> dict[float, np.ndarray]:
     """Tmax map (s) with a spatial prior for uninformative voxels (``--spatial-prior``).
@@ -240,15 +224,21 @@ def spatial_prior_tmax(conc, series, mask, aif, frame_times, voxel_size_mm,
     """
     times = np.asarray(frame_times, dtype=float)
     model = ParametricDeconvolution(aif, times)
-    mean, sd = tmax_moments(model, series[mask])
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _spatial_prior_tmax(model, conc, series, mask, times, voxel_size_mm, field_sd_s,
+                                   below_s)
+
+
+def _spatial_prior_tmax(model, conc, series, mask, times, voxel_size_mm, field_sd_s, below_s):
+    mean, sd, _ = model.tmax_posterior(series[mask])
     uninformative = np.zeros(mask.shape, dtype=bool)
     uninformative[mask] = sd > UNINFORMATIVE_TMAX_SD_S
     wide = denoise(conc, uninformative, voxel_size_mm, SPATIAL_PRIOR_FWHM_MM)[uninformative]
-    prior_mean, prior_sd = tmax_moments(model, wide)
+    prior_mean, prior_sd, _ = model.tmax_posterior(wide)
     maps = {}
     for field_sd in field_sd_s:
-        own, _ = tmax_moments(model, series[uninformative],
-                              prior=(prior_mean, prior_sd ** 2 + field_sd ** 2))
+        own, _, _ = model.tmax_posterior(series[uninformative], prior_mean,
+                                         prior_sd ** 2 + field_sd ** 2)
         out = np.zeros(mask.shape, dtype=np.float32)
         out[mask] = mean
         if below_s is not None:
@@ -366,6 +356,9 @@ def main(argv=None) -> int:
                         "field SD in s (default 0; spatial_prior_tmax, +10-20 s)")
     p.add_argument("--prior-below", type=float, default=None, metavar="S",
                    help="with --spatial-prior: use the prior only where its mean Tmax is below S s")
+    p.add_argument("--neighbourhood", action="store_true",
+                   help="also the default fit without and with its neighbourhood prior, timed\n"
+                        "(parametric.neighbourhood_prior; +30 s)")
     args = p.parse_args(argv)
     if args.keep:
         return _compare(args, args.keep)
@@ -405,7 +398,8 @@ def _compare(args, root: Path) -> int:
         del series
     if reused:
         current = denoise(conc, brain, voxel, args.fwhm)
-        maps["current fit"] = perfusion_maps(current, brain, aif, times, method="parametric")["tmax"]
+        maps["current fit"] = perfusion_maps(current, brain, aif, times, method="parametric",
+                                             voxel_size_mm=voxel, unsmoothed=conc)["tmax"]
     if args.bilateral:
         averaged = bilateral_series(conc, brain, voxel, args.fwhm)
         maps["bilateral"] = perfusion_maps(averaged, brain, aif, times, method="parametric")["tmax"]
@@ -421,10 +415,20 @@ def _compare(args, root: Path) -> int:
         where = "" if args.prior_below is None else f" <{args.prior_below:g}"
         maps.update({f"spatial prior {sd:g} s{where}": m for sd, m in found.items()})
         del series
+    timing = ""
+    if args.neighbourhood:
+        series = denoise(conc, brain, voxel, args.fwhm)
+        for name, size in (("no neighbourhood prior", None), ("neighbourhood prior", voxel)):
+            started = time.perf_counter()
+            maps[name] = perfusion_maps(series, brain, aif, times, method="parametric",
+                                        voxel_size_mm=size, unsmoothed=conc)["tmax"]
+            timing += f"; {name} {time.perf_counter() - started:.1f} s"
+        del series
     truth = pd.read_csv(root / "bids" / "truth" / "truth_volumes.tsv", sep="\t").iloc[0]
     table = pd.read_csv(root / "out" / "group_perfusion.tsv", sep="\t").iloc[0]
     pooled = "" if args.no_pool else f"; pooled Tmax of {brain.sum():,} voxels in {seconds:.1f} s"
-    print(f"seed {args.seed} {' '.join(args.phantom)} voxel {voxel.round(2).tolist()} mm{pooled}\n")
+    print(f"seed {args.seed} {' '.join(args.phantom)} voxel {voxel.round(2).tolist()} mm{pooled}"
+          f"{timing}\n")
     print(f"{'volume':<10}{'truth mL':>10}{'pipeline':>10}" + "".join(f"{k:>22}" for k in maps))
     thresholds = lesions.TMAX_THRESHOLDS_S
     found = {k: lesions.tmax_lesions(m, tissue, voxel, thresholds, lesions.MIN_CLUSTER_ML)

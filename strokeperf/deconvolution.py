@@ -684,7 +684,8 @@ if importlib.util.find_spec("strokeperf.parametric") is not None:
 
 
 def perfusion_maps(conc, mask, aif_curve, frame_times, method: str = "bcsvd",
-                   chunk_size: int = DEFAULT_CHUNK_SIZE, **options) -> dict[str, np.ndarray]:
+                   chunk_size: int = DEFAULT_CHUNK_SIZE, voxel_size_mm=None, unsmoothed=None,
+                   **options) -> dict[str, np.ndarray]:
     """CBF, CBV, MTT, Tmax and TTP maps of a 4D concentration series.
 
     Parameters
@@ -701,6 +702,13 @@ def perfusion_maps(conc, mask, aif_curve, frame_times, method: str = "bcsvd",
         A key of :data:`METHODS` (default ``"bcsvd"``, :class:`BlockCirculantSVD`).
     chunk_size : int
         Voxels deconvolved at once; memory stays O(chunk_size x T).
+    voxel_size_mm : sequence of 3 floats, optional
+        With the ``parametric`` method: voxels whose curve alone leaves Tmax uncertain are
+        estimated (Tmax, CBF, CBV) under a prior on Tmax from their neighbourhood where that reads
+        as normal (:func:`strokeperf.parametric.neighbourhood_prior`). Without it every voxel is
+        on its own.
+    unsmoothed : ndarray, shape (X, Y, Z, T), optional
+        ``conc`` before the session's spatial smoothing, for that prior (default ``conc``).
     **options
         Passed to the method (e.g. ``threshold=0.1`` or ``oscillation_index=0.095``).
 
@@ -722,19 +730,28 @@ def perfusion_maps(conc, mask, aif_curve, frame_times, method: str = "bcsvd",
     # save, 10x on 2 cores (7.5 s vs 0.76 s for a whole-brain session), and oversubscribe the cores
     # when sessions run in parallel processes.
     with threadpool_limits(limits=1, user_api="blas"):
-        return _perfusion_maps(conc, mask, aif_curve, frame_times, method, chunk_size, **options)
+        return _perfusion_maps(conc, mask, aif_curve, frame_times, method, chunk_size,
+                               voxel_size_mm, unsmoothed, **options)
 
 
-def _perfusion_maps(conc, mask, aif_curve, frame_times, method, chunk_size, **options):
+def _perfusion_maps(conc, mask, aif_curve, frame_times, method, chunk_size, voxel_size_mm,
+                    unsmoothed, **options):
     model = METHODS[method](aif_curve, frame_times, **options)
     duration = float(np.asarray(frame_times, dtype=float)[-1] - np.asarray(frame_times)[0])
     flat = conc.reshape(-1, conc.shape[-1])
     index = np.flatnonzero(mask)
     names = ("cbf", "cbv", "mtt", "tmax", "ttp")
     values = {name: np.zeros(index.size, dtype=np.float32) for name in names}
+    neighbourhood = voxel_size_mm is not None and method == "parametric"
+    if neighbourhood:
+        from strokeperf.parametric import UNINFORMATIVE_TMAX_SD_S, neighbourhood_prior
+
+        fit_options, kept = {"keep_sd_above": UNINFORMATIVE_TMAX_SD_S}, []
+    else:
+        fit_options = {}
     for start in range(0, index.size, chunk_size):
         sel = index[start:start + chunk_size]
-        fit = model.fit(flat[sel])          # each method blocks its own work for speed
+        fit = model.fit(flat[sel], **fit_options)   # each method blocks its own work for speed
         cbv = np.clip(fit.cbv, 0, None)
         # A curve without positive area carries no tracer: its residue peak is noise.
         cbf = np.where(cbv > 0, np.clip(fit.cbf, 0, None), 0.0)
@@ -746,6 +763,19 @@ def _perfusion_maps(conc, mask, aif_curve, frame_times, method, chunk_size, **op
         values["mtt"][part] = np.clip(mtt, 0, duration)
         values["tmax"][part] = np.clip(fit.tmax, 0, duration)
         values["ttp"][part] = fit.ttp
+        if neighbourhood:
+            kept.append((fit.tmax_bins[0] + start, *fit.tmax_bins[1:]))
+    if neighbourhood:
+        bins = tuple(np.concatenate([k[i] for k in kept]) for i in range(5))
+        rows, tmax, peak, area = neighbourhood_prior(
+            model, conc if unsmoothed is None else unsmoothed, mask, bins, voxel_size_mm)
+        cbv = np.clip(kinetics.CBV_SCALE * area, 0, None)
+        cbf = np.where(cbv > 0, np.clip(kinetics.CBF_SCALE * peak, 0, None), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mtt = np.where(cbf > 0, 60.0 * cbv / cbf, 0.0)
+        values["cbf"][rows], values["cbv"][rows] = cbf, cbv
+        values["mtt"][rows] = np.clip(mtt, 0, duration)
+        values["tmax"][rows] = np.clip(tmax, 0, duration)
     maps = {}
     for name in names:
         image = np.zeros(mask.shape, dtype=np.float32)

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from strokeperf import kinetics
+from strokeperf.concentration import denoise
+from strokeperf.deconvolution import perfusion_maps
 from strokeperf.errors import DataError
 from strokeperf.parametric import (DISPERSIONS_S, TMAX_PRIOR_BIN_S, ParametricDeconvolution,
+                                  _neighbourhood_curves,
                                   dispersion_weights, tmax_bins)
 
 T = np.arange(45) * 1.5
@@ -213,3 +216,87 @@ def test_tmax_log_evidence_bins_cover_the_candidates_and_peak_at_the_truth():
     weights = np.exp(log_mass - log_mass.max(axis=1, keepdims=True))
     from_bins = weights @ model.tmax_bin_centres / weights.sum(axis=1)
     assert np.median(np.abs(from_bins - model.fit(noisy).tmax)) < 0.15
+
+
+def _faint_and_bright(model, delay, seed):
+    """A 16 x 16 x 4 volume (2 mm voxels) of one tissue at ``delay`` s: the first half bright
+    (effective peak 12 HU), the second faint (1.2 HU, below the 1 HU noise's reach: its posterior
+    SD of Tmax exceeds 2 s), white noise of 1 HU per frame."""
+    rng = np.random.default_rng(seed)
+    flows = np.full((16, 16, 4), 0.001)
+    flows[:8] = 0.01
+    curve = model.model_curve(delay, 4.0, 0.75, 3.0)
+    conc = flows[..., None] * curve + rng.normal(0.0, 1.0, flows.shape + (T.size,))
+    return conc.astype(np.float32), flows < 0.005
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_neighbourhood_prior_reads_faint_normal_tissue_as_normal(model, seed):
+    conc, faint = _faint_and_bright(model, 1.0, seed)
+    truth, _ = true_effective(1.0, 4.0, 0.75, 3.0)
+    mask = np.ones(faint.shape, dtype=bool)
+    alone = perfusion_maps(conc, mask, AIF, T, method="parametric")["tmax"]
+    pooled = perfusion_maps(conc, mask, AIF, T, method="parametric",
+                            voxel_size_mm=(2.0, 2.0, 2.0))["tmax"]
+    # On its own a faint normal voxel's Tmax is pulled to the middle of the delay range, and a
+    # third of them cross the 6 s threshold.
+    assert np.mean(alone[faint] > 6.0) > 0.2
+    assert np.mean(np.abs(pooled[faint] - truth)) < 1.0
+    assert np.mean(pooled[faint] > 6.0) < 0.02
+    # Informative voxels keep their own estimate.
+    np.testing.assert_array_equal(pooled[~faint], alone[~faint])
+
+
+def test_neighbourhood_prior_leaves_hypoperfused_tissue_alone(model):
+    # Faint tissue at 9 s delay: its neighbourhood does not read as normal, so no prior is used
+    # (an average there would move the lesion's Tmax thresholds).
+    conc, faint = _faint_and_bright(model, 9.0, 13)
+    mask = np.ones(faint.shape, dtype=bool)
+    alone = perfusion_maps(conc, mask, AIF, T, method="parametric")["tmax"]
+    pooled = perfusion_maps(conc, mask, AIF, T, method="parametric",
+                            voxel_size_mm=(2.0, 2.0, 2.0))["tmax"]
+    np.testing.assert_array_equal(pooled, alone)
+    assert np.median(pooled[faint]) > 9.0
+
+
+def test_neighbourhood_curves_are_the_masked_gaussian_average():
+    rng = np.random.default_rng(5)
+    where = rng.random((20, 18, 6)) < 0.4
+    # A field that varies over 30-60 mm (the scale a 15 mm average keeps), plus noise.
+    x, y, _ = np.meshgrid(*(np.arange(n, dtype=float) for n in where.shape), indexing="ij")
+    waves = [np.cos(2 * np.pi * x * 1.5 / 30.0), np.sin(2 * np.pi * y * 1.5 / 60.0), x / 20.0]
+    source = (np.stack(waves, axis=-1) + rng.normal(0.0, 0.3, where.shape + (3,))).astype(np.float32)
+    # 4 mm voxels: one voxel per cell, exactly the normalised convolution of concentration.denoise.
+    curves, cell = _neighbourhood_curves(source, where, (4.0, 4.0, 4.0), 15.0)
+    expected = denoise(source, where, (4.0, 4.0, 4.0), 15.0)[where]
+    np.testing.assert_allclose(curves[cell], expected, atol=1e-5)
+    # 1.5 x 1.5 x 5 mm voxels: cells of 2 x 2 x 1 voxels, close to the voxel-grid average.
+    curves, cell = _neighbourhood_curves(source, where, (1.5, 1.5, 5.0), 15.0)
+    expected = denoise(source, where, (1.5, 1.5, 5.0), 15.0)[where]
+    assert curves.shape[0] < 0.6 * where.sum()
+    assert np.max(np.abs(curves[cell] - expected)) < 0.1
+
+
+def test_kept_tmax_bins_give_the_posterior_under_a_gaussian_prior(ct_model):
+    # The neighbourhood prior reweights the fit's per-bin posterior instead of fitting again;
+    # that must agree with the full posterior under the same prior.
+    curves = baseline_subtracted(ct_model, 1.0, 4.0, 0.75, 3.0, 0.0015, 200, 21)
+    fit = ct_model.fit(curves, keep_sd_above=-1.0)
+    rows, log_mass, bin_tmax, bin_flow, bin_volume = fit.tmax_bins
+    _, _, no_fit = ct_model.tmax_posterior(curves)
+    assert no_fit.sum() < 20
+    np.testing.assert_array_equal(rows, np.flatnonzero(~no_fit))   # every curve with a fit
+    # Without a further prior the bins add up to the fit's own posterior means.
+    mass = np.exp(log_mass.astype(float))
+    np.testing.assert_allclose(mass.sum(axis=1), 1.0, rtol=1e-4)
+    np.testing.assert_allclose((mass * bin_tmax).sum(axis=1), fit.tmax[rows], atol=1e-3)
+    np.testing.assert_allclose((mass * bin_flow).sum(axis=1), fit.residue_peak[rows], rtol=1e-3)
+    np.testing.assert_allclose((mass * bin_volume).sum(axis=1), fit.model_area_ratio[rows],
+                               rtol=1e-3)
+    for mean, sd in ((2.0, 0.5), (4.0, 1.5)):
+        exact, _, _ = ct_model.tmax_posterior(curves[rows], np.full(rows.size, mean),
+                                              np.full(rows.size, sd ** 2))
+        log_post = log_mass - 0.5 * (bin_tmax - mean) ** 2 / sd ** 2
+        post = np.exp(log_post - log_post.max(axis=1, keepdims=True))
+        binned = (post * bin_tmax).sum(axis=1) / post.sum(axis=1)
+        assert np.max(np.abs(binned - exact)) < 0.1

@@ -178,14 +178,18 @@ def write_input_functions(aif, vof, times: np.ndarray, shape, affine,
 
 @records_failure
 def deconvolve(session: dict, concentration_file: File, brain_mask: File, input_functions_file: File,
-               frame_times: list, method: str, options: dict) -> list[File]:
-    """Perfusion maps (CBF, CBV, MTT, Tmax, TTP) by deconvolution with the scaled AIF."""
+               frame_times: list, method: str, options: dict,
+               unsmoothed_concentration_file: File) -> list[File]:
+    """Perfusion maps (CBF, CBV, MTT, Tmax, TTP) by deconvolution with the scaled AIF; the
+    unsmoothed concentration feeds the parametric fit's neighbourhood prior on Tmax."""
     conc, affine = load_array(concentration_file)
     brain = load_mask(brain_mask)
     record = json.loads(Path(input_functions_file).read_text())
+    unsmoothed = load_array(unsmoothed_concentration_file)[0] if method == "parametric" else None
     maps = deconvolution.perfusion_maps(conc, brain, np.asarray(record["aif_scaled"]),
                                         np.asarray(frame_times, dtype=float), method=method,
-                                        **options)
+                                        voxel_size_mm=voxel_size(affine),
+                                        unsmoothed=unsmoothed, **options)
     return [save_array(f"{name}.nii", maps[name], affine) for name in ("cbf", "cbv", "mtt", "tmax",
                                                                          "ttp")]
 

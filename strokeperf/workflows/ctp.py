@@ -53,7 +53,8 @@ def CTPSession(session: dict, output_dir: str, run_id: str, config: dict) -> Fil
                                    brain_mask=masks.brain_mask,
                                    input_functions_file=inputs.input_functions,
                                    frame_times=motion.frame_times, method=config["deconvolution"],
-                                   options=config.get("deconvolution_options", {})))
+                                   options=config.get("deconvolution_options", {}),
+                                   unsmoothed_concentration_file=conc.concentration))
     lesion = workflow.add(CTPLesions(session=session, perfusion_maps=maps.perfusion_maps,
                                      brain_mask=masks.brain_mask, csf_mask=masks.csf_mask,
                                      concentration_file=conc.tissue_concentration,

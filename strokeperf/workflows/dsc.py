@@ -66,7 +66,8 @@ def DSCSession(session: dict, output_dir: str, run_id: str, config: dict) -> Fil
                                    brain_mask=masks.brain_mask,
                                    input_functions_file=inputs.input_functions,
                                    frame_times=motion.frame_times, method=config["deconvolution"],
-                                   options=config.get("deconvolution_options", {})))
+                                   options=config.get("deconvolution_options", {}),
+                                   unsmoothed_concentration_file=conc.concentration))
     dwi = workflow.add(LoadDiffusion(session=session))
     coreg = workflow.add(CoregisterDiffusion(session=session, diffusion=dwi.diffusion,
                                              fixed_image=masks.s0,
