@@ -47,6 +47,11 @@ whole-brain phantom sessions; figures in docs/accuracy.md):
   spread onto less dispersed, earlier-peaking candidates: whole-brain Tmax > 10 s read 16-26 % small
   on phantom seeds 21, 35 and 41; 6-11 % with the uniform base measure (docs/accuracy.md).
 
+One step looks beyond the voxel: where a curve leaves its Tmax uncertain (posterior SD above 2 s)
+and its neighbourhood reads as normal, Tmax, CBF and CBV are posterior means under a prior on Tmax
+from that neighbourhood (:func:`neighbourhood_prior`, applied by ``perfusion_maps`` when it is
+given the voxel size, as the pipeline does).
+
 Limits. At CT-like noise (2 HU per frame after smoothing) dispersion and residue shape are barely
 identifiable from one voxel's curve, and Tmax, the position of the effective residue's maximum,
 depends on them (a near-box residue has Tmax = delay without dispersion and delay + several s with
@@ -110,6 +115,8 @@ TMAX_PRIOR_BIN_S = DELAY_STEP_S
 #: Smallest noise variance assumed, as a fraction of the curve's mean energy per frame: keeps the
 #: posterior from collapsing onto one grid point when the model matches a noise-free curve.
 NOISE_FLOOR = 1e-6
+#: Floor of the log posterior weights before exponentiation (see :meth:`_weights`).
+LOG_WEIGHT_FLOOR = np.float32(-80.0)
 #: Voxels per chunk. The fit makes about twenty passes over a chunk x dictionary-size float32 score
 #: matrix; at 64 voxels it is 4 MB and stays in cache, at 1024 (64 MB) every pass goes to memory and
 #: the fit ran at half the speed (3,600 against 7,600 voxels/s, 45 frames, 15,582 candidates).
@@ -301,9 +308,10 @@ class ParametricDeconvolution:
         score -= best[:, None]
         score *= (0.5 / sigma2)[:, None]
         score += log_prior
-        if log_prior.ndim == 2:
-            # A prior per curve can be far below 0 everywhere; the default one is a few units
-            # below 0 at most (:func:`tmax_flat_log_prior`), and the best candidate's score is 0.
+        if log_prior is not self._log_prior:
+            # Another prior can be far below 0 everywhere. The default one is at least -log(K)
+            # (:func:`tmax_flat_log_prior`; about -7 in practice) and the best-fitting candidate's
+            # score is 0, so the largest log weight stays far above LOG_WEIGHT_FLOOR as it is.
             score -= score.max(axis=1, keepdims=True)
         return score, proj, empty
 
@@ -316,6 +324,10 @@ class ParametricDeconvolution:
         or no positive projection on any candidate.
         """
         score, proj, empty = self._log_weights(c, log_prior)
+        # Below -80 a weight is under 2e-35 of the best and changes no posterior mean; clamping
+        # keeps exp out of float32's subnormal range, where it and every later product on the
+        # weights run several times slower.
+        np.maximum(score, LOG_WEIGHT_FLOOR, out=score)
         weights = np.exp(score, out=score)                              # in place: (n, K)
         weights *= proj > 0
         proj *= self._inv_norm2                                         # least-squares F per candidate
@@ -509,6 +521,9 @@ NEIGHBOURHOOD_FWHM_MM = 15.0
 #: as normal, where Tmax varies little and a local average is unbiased (in a lesion Tmax changes
 #: over a few mm, between core and penumbra, and an average there would move thresholds).
 NEIGHBOURHOOD_NORMAL_TMAX_S = 6.0
+#: Voxels reweighted at once by :func:`neighbourhood_prior` (a few float64 (n, bins) temporaries,
+#: about 6 MB each at 85 bins).
+REWEIGHT_BLOCK = 8192
 
 
 def neighbourhood_prior(model: "ParametricDeconvolution", source, mask, tmax_bins, voxel_size_mm):
@@ -561,18 +576,19 @@ def neighbourhood_prior(model: "ParametricDeconvolution", source, mask, tmax_bin
         return rows, none, none, none
     where = np.zeros(mask.shape, dtype=bool)
     where[tuple(a[rows] for a in np.nonzero(mask))] = True
-    # ``where``'s voxels in C order are ``rows`` sorted.
-    order = np.argsort(rows, kind="stable")
-    rows, log_mass, bin_tmax = rows[order], log_mass[order], bin_tmax[order]
-    bin_flow, bin_volume = bin_flow[order], bin_volume[order]
+    # ``where``'s voxels in C order are ``rows`` sorted (as the fit returns them: no copy then).
+    if np.any(np.diff(rows) < 0):
+        order = np.argsort(rows, kind="stable")
+        rows, log_mass, bin_tmax = rows[order], log_mass[order], bin_tmax[order]
+        bin_flow, bin_volume = bin_flow[order], bin_volume[order]
     wide, cell = _neighbourhood_curves(source, where, voxel_size_mm, NEIGHBOURHOOD_FWHM_MM)
     prior_mean, prior_sd, no_fit = model.tmax_posterior(wide)
     prior_mean, prior_var, no_fit = prior_mean[cell], prior_sd[cell] ** 2, no_fit[cell]
     del wide
     use = np.flatnonzero(~no_fit & (prior_mean < NEIGHBOURHOOD_NORMAL_TMAX_S))
     tmax, flow, volume = np.empty(use.size), np.empty(use.size), np.empty(use.size)
-    for start in range(0, use.size, 65536):
-        part = slice(start, start + 65536)
+    for start in range(0, use.size, REWEIGHT_BLOCK):
+        part = slice(start, start + REWEIGHT_BLOCK)
         at = use[part]
         t = bin_tmax[at].astype(float)
         log_post = log_mass[at] - 0.5 * (t - prior_mean[at, None]) ** 2 / np.maximum(
