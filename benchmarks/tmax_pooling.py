@@ -84,7 +84,8 @@ from threadpoolctl import threadpool_limits
 from strokeperf import lesions
 from strokeperf.concentration import FWHM_PER_SIGMA, denoise, noise_sd
 from strokeperf.deconvolution import perfusion_maps
-from strokeperf.parametric import DEFAULT_CHUNK_SIZE, ParametricDeconvolution
+from strokeperf.parametric import (DEFAULT_CHUNK_SIZE, NEIGHBOURHOOD_FWHM_MM,
+                                   UNINFORMATIVE_TMAX_SD_S, ParametricDeconvolution)
 
 #: Fraction of the smoothing FWHM applied to the curves, and fraction over which the evidence is
 #: pooled; 0.6^2 + 0.8^2 = 1, so the total noise averaging equals that of the full FWHM.
@@ -199,13 +200,6 @@ def pooled_tmax(series, mask, aif, frame_times, voxel_size_mm, fwhm_mm: float,
     return out
 
 
-#: Spatial prior (``--spatial-prior``): a voxel is uninformative when its posterior SD of Tmax
-#: exceeds the 2 s spacing of the clinical Tmax thresholds (4/6/8/10 s); the prior's curves are
-#: averaged over this FWHM (mm) among uninformative voxels only.
-UNINFORMATIVE_TMAX_SD_S = 2.0
-SPATIAL_PRIOR_FWHM_MM = 15.0
-
-
 def spatial_prior_tmax(conc, series, mask, aif, frame_times, voxel_size_mm,
                        field_sd_s=(0.0,), below_s=None) -> dict[float, np.ndarray]:
     """Tmax map (s) with a spatial prior for uninformative voxels (``--spatial-prior``).
@@ -214,7 +208,7 @@ def spatial_prior_tmax(conc, series, mask, aif, frame_times, voxel_size_mm,
     (Polzehl & Spokoiny 2006): voxels whose own posterior SD of Tmax exceeds
     :data:`UNINFORMATIVE_TMAX_SD_S` (``series``, the session's smoothed curves) get a Gaussian prior
     on Tmax, the posterior mean and variance of the raw curves ``conc`` averaged over
-    :data:`SPATIAL_PRIOR_FWHM_MM` among the uninformative voxels only (normalised convolution, so
+    :data:`NEIGHBOURHOOD_FWHM_MM` among the uninformative voxels only (normalised convolution, so
     that brighter, informative neighbours do not impose their timing); their Tmax is the posterior
     mean of their own curve under that prior, whose variance is widened by ``field_sd_s`` (s,
     the true Tmax's assumed spread within the averaging kernel). Informative voxels keep the
@@ -233,7 +227,7 @@ def _spatial_prior_tmax(model, conc, series, mask, times, voxel_size_mm, field_s
     mean, sd, _ = model.tmax_posterior(series[mask])
     uninformative = np.zeros(mask.shape, dtype=bool)
     uninformative[mask] = sd > UNINFORMATIVE_TMAX_SD_S
-    wide = denoise(conc, uninformative, voxel_size_mm, SPATIAL_PRIOR_FWHM_MM)[uninformative]
+    wide = denoise(conc, uninformative, voxel_size_mm, NEIGHBOURHOOD_FWHM_MM)[uninformative]
     prior_mean, prior_sd, _ = model.tmax_posterior(wide)
     maps = {}
     for field_sd in field_sd_s:
@@ -396,9 +390,11 @@ def _compare(args, root: Path) -> int:
         maps["pooled"] = pooled_tmax(series, brain, aif, times, voxel, args.fwhm)
         seconds = time.perf_counter() - started
         del series
+    # The session's own smoothed series, for the fits below that start from it.
+    smoothed = (denoise(conc, brain, voxel, args.fwhm)
+                if reused or args.spatial_prior is not None or args.neighbourhood else None)
     if reused:
-        current = denoise(conc, brain, voxel, args.fwhm)
-        maps["current fit"] = perfusion_maps(current, brain, aif, times, method="parametric",
+        maps["current fit"] = perfusion_maps(smoothed, brain, aif, times, method="parametric",
                                              voxel_size_mm=voxel, unsmoothed=conc)["tmax"]
     if args.bilateral:
         averaged = bilateral_series(conc, brain, voxel, args.fwhm)
@@ -409,21 +405,18 @@ def _compare(args, root: Path) -> int:
             averaged = shape_series(conc, brain, voxel, args.fwhm, times, aif, amp, float(floor))
             maps[spec] = perfusion_maps(averaged, brain, aif, times, method="parametric")["tmax"]
     if args.spatial_prior is not None:
-        series = denoise(conc, brain, voxel, args.fwhm)
-        found = spatial_prior_tmax(conc, series, brain, aif, times, voxel,
+        found = spatial_prior_tmax(conc, smoothed, brain, aif, times, voxel,
                                    args.spatial_prior or (0.0,), args.prior_below)
         where = "" if args.prior_below is None else f" <{args.prior_below:g}"
         maps.update({f"spatial prior {sd:g} s{where}": m for sd, m in found.items()})
-        del series
     timing = ""
     if args.neighbourhood:
-        series = denoise(conc, brain, voxel, args.fwhm)
         for name, size in (("no neighbourhood prior", None), ("neighbourhood prior", voxel)):
             started = time.perf_counter()
-            maps[name] = perfusion_maps(series, brain, aif, times, method="parametric",
+            maps[name] = perfusion_maps(smoothed, brain, aif, times, method="parametric",
                                         voxel_size_mm=size, unsmoothed=conc)["tmax"]
             timing += f"; {name} {time.perf_counter() - started:.1f} s"
-        del series
+    del smoothed
     truth = pd.read_csv(root / "bids" / "truth" / "truth_volumes.tsv", sep="\t").iloc[0]
     table = pd.read_csv(root / "out" / "group_perfusion.tsv", sep="\t").iloc[0]
     pooled = "" if args.no_pool else f"; pooled Tmax of {brain.sum():,} voxels in {seconds:.1f} s"

@@ -683,6 +683,20 @@ if importlib.util.find_spec("strokeperf.parametric") is not None:
     METHODS["parametric"] = _parametric
 
 
+def _store_clamped(values: dict, where, cbf, cbv, tmax, duration: float):
+    """Write CBF, CBV, MTT and Tmax of some voxels (``where``: a slice or indices) into the
+    per-voxel arrays ``values``, with the clamps of :func:`perfusion_maps`."""
+    cbv = np.clip(cbv, 0, None)
+    # A curve without positive area carries no tracer: its residue peak is noise.
+    cbf = np.where(cbv > 0, np.clip(cbf, 0, None), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mtt = np.where(cbf > 0, 60.0 * cbv / cbf, 0.0)
+    values["cbf"][where] = cbf
+    values["cbv"][where] = cbv
+    values["mtt"][where] = np.clip(mtt, 0, duration)
+    values["tmax"][where] = np.clip(tmax, 0, duration)
+
+
 def perfusion_maps(conc, mask, aif_curve, frame_times, method: str = "bcsvd",
                    chunk_size: int = DEFAULT_CHUNK_SIZE, voxel_size_mm=None, unsmoothed=None,
                    **options) -> dict[str, np.ndarray]:
@@ -752,16 +766,8 @@ def _perfusion_maps(conc, mask, aif_curve, frame_times, method, chunk_size, voxe
     for start in range(0, index.size, chunk_size):
         sel = index[start:start + chunk_size]
         fit = model.fit(flat[sel], **fit_options)   # each method blocks its own work for speed
-        cbv = np.clip(fit.cbv, 0, None)
-        # A curve without positive area carries no tracer: its residue peak is noise.
-        cbf = np.where(cbv > 0, np.clip(fit.cbf, 0, None), 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mtt = np.where(cbf > 0, 60.0 * cbv / cbf, 0.0)
         part = slice(start, start + sel.size)
-        values["cbf"][part] = cbf
-        values["cbv"][part] = cbv
-        values["mtt"][part] = np.clip(mtt, 0, duration)
-        values["tmax"][part] = np.clip(fit.tmax, 0, duration)
+        _store_clamped(values, part, fit.cbf, fit.cbv, fit.tmax, duration)
         values["ttp"][part] = fit.ttp
         if neighbourhood:
             kept.append((fit.tmax_bins[0] + start, *fit.tmax_bins[1:]))
@@ -769,13 +775,8 @@ def _perfusion_maps(conc, mask, aif_curve, frame_times, method, chunk_size, voxe
         bins = tuple(np.concatenate([k[i] for k in kept]) for i in range(5))
         rows, tmax, peak, area = neighbourhood_prior(
             model, conc if unsmoothed is None else unsmoothed, mask, bins, voxel_size_mm)
-        cbv = np.clip(kinetics.CBV_SCALE * area, 0, None)
-        cbf = np.where(cbv > 0, np.clip(kinetics.CBF_SCALE * peak, 0, None), 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mtt = np.where(cbf > 0, 60.0 * cbv / cbf, 0.0)
-        values["cbf"][rows], values["cbv"][rows] = cbf, cbv
-        values["mtt"][rows] = np.clip(mtt, 0, duration)
-        values["tmax"][rows] = np.clip(tmax, 0, duration)
+        _store_clamped(values, rows, kinetics.CBF_SCALE * peak, kinetics.CBV_SCALE * area, tmax,
+                       duration)
     maps = {}
     for name in names:
         image = np.zeros(mask.shape, dtype=np.float32)

@@ -234,7 +234,11 @@ class ParametricDeconvolution:
         self._inv_norm2 = np.where(norm2 > 0, 1.0 / np.maximum(norm2, 1e-30), 0.0).astype(np.float32)
         self._atoms_t = np.ascontiguousarray(centred.T)                 # (T, K)
         self._unit_atoms_t = None                                       # for explained_energy
-        self._tmax_powers = None                                        # for _tmax_moments
+        # Candidate Tmax centred on a typical value, and its square, for :meth:`_tmax_moments`
+        # (centred so that the second moment does not cancel in float32).
+        self._tmax_centre = float(np.median(self._tmax_atoms))
+        offset = self._tmax_atoms - np.float32(self._tmax_centre)
+        self._tmax_powers = (offset, offset * offset)
         # Base measure over the nuisance parameters: uniform in dispersion (trapezoid cells).
         mass = (dispersion_weights(dispersions) if dispersion_mass is None
                 else np.asarray(dispersion_mass, dtype=float))
@@ -277,7 +281,8 @@ class ParametricDeconvolution:
 
     def _log_weights(self, c: np.ndarray, log_prior: np.ndarray):
         """Log posterior weight of every candidate for a chunk of curves (n, T), up to a constant
-        per curve (the largest is 0 under a per-curve prior, within a few units of 0 otherwise).
+        per curve (the largest is 0 under any prior but the default, and within -log(K) of 0
+        under the default one).
 
         Returns ``log_weights`` (n, K), the projections ``<c, g_k>`` clipped at 0 (n, K) and a mask
         (n,) of the curves without tracer (air, CSF, a non-physical dip).
@@ -421,11 +426,6 @@ class ParametricDeconvolution:
 
     def _tmax_moments(self, weights: np.ndarray, total: np.ndarray):
         """Posterior mean and SD of Tmax (s) from unnormalised candidate weights (n, K)."""
-        if self._tmax_powers is None:
-            # Centred on a typical Tmax so that the second moment does not cancel in float32.
-            self._tmax_centre = float(np.median(self._tmax_atoms))
-            offset = self._tmax_atoms - np.float32(self._tmax_centre)
-            self._tmax_powers = (offset, offset * offset)
         m1 = (weights @ self._tmax_powers[0]) / total
         m2 = (weights @ self._tmax_powers[1]) / total
         return m1 + self._tmax_centre, np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
