@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     meth.add_argument("--core-rcbf", type=float, help="CTP core: rCBF below this (default 0.30)")
     meth.add_argument("--core-rcbf-fwhm", dest="core_rcbf_fwhm_mm", type=float, metavar="MM",
                       help="CTP core: smoothing of rCBF within tissue before the threshold "
-                           "(FWHM, mm; default 5, 0 = none)")
+                           "(FWHM, mm; default 4, 0 = none)")
     meth.add_argument("--core-adc", type=float,
                       help="MRI core: ADC below this, 1e-6 mm^2/s (default 620)")
     meth.add_argument("--tmax-thresholds", type=float, nargs="+", metavar="S",

@@ -32,14 +32,18 @@ REFERENCE_TMAX_S = 4.0
 #: rCBF below which hypoperfused CTP tissue is core (Campbell et al. 2011).
 CORE_RCBF_THRESHOLD = 0.30
 #: Full width at half maximum (mm) of the Gaussian with which rCBF is smoothed, within tissue, before
-#: the core threshold. Per-voxel rCBF of CT perfusion is noisy (coefficient of variation about 20 %
-#: after the 5 mm denoising of the concentration, ``benchmarks/accuracy.py``), and low SNR makes
-#: false-positive core (Campbell et al. 2011). Near the threshold the penumbra outnumbers the core,
-#: so the noise does not cancel: it turns into a volume bias (whole-brain phantoms: +13 to +35 %,
-#: and 23 % of penumbra voxels with a true rCBF of 0.30-0.45 read below 0.30). Averaging over the
-#: scale the concentration is already denoised at (``concentration.DENOISE_FWHM_MM``) cuts that
-#: variance and moves the core's edge little, as the edge is where rCBF crosses the threshold.
-CORE_RCBF_FWHM_MM = 5.0
+#: the core threshold. Two biases pull against each other. Per-voxel rCBF is noisy, and near the
+#: threshold the penumbra outnumbers the core, so unsmoothed the noise turns penumbra into core (with
+#: the truncated-SVD maps of the first release: +13 to +35 % core volume on whole-brain phantoms; 23 %
+#: of penumbra voxels with a true rCBF of 0.30-0.45 read below 0.30; Campbell et al. 2011 on low SNR).
+#: Smoothing biases the other way at the core's edge, where the map, already blurred by the
+#: concentration's 5 mm smoothing, blends core and penumbra: a second average lifts that rim above
+#: the threshold (phantom seed 11, outermost 1.5 mm of the true core, true rCBF 0.15: median 0.28 as
+#: mapped, 0.31 after 5 mm, 0.30 after 4 mm), and small or irregular cores shrink most. With the
+#: model-based CBF the second bias won at 5 mm: on 41 whole-brain phantom sessions the core read
+#: 3-9 % small on average and a 7 mL core 38 % small. 4 mm brings the mean errors to -5..+2 %
+#: (docs/accuracy.md, "The core's rCBF smoothing").
+CORE_RCBF_FWHM_MM = 4.0
 #: ADC below which tissue is core, 1e-6 mm^2/s (Purushotham et al. 2015).
 CORE_ADC_THRESHOLD = 620.0
 #: Smallest lesion cluster kept, mL. Below about 1 mL a cluster is a speckle of the noise, not a
