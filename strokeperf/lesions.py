@@ -33,14 +33,14 @@ REFERENCE_TMAX_S = 4.0
 CORE_RCBF_THRESHOLD = 0.30
 #: Full width at half maximum (mm) of the Gaussian with which rCBF is smoothed, within tissue, before
 #: the core threshold. Two biases pull against each other. Per-voxel rCBF is noisy, and near the
-#: threshold the penumbra outnumbers the core, so unsmoothed the noise turns penumbra into core (with
-#: the truncated-SVD maps of the first release: +13 to +35 % core volume on whole-brain phantoms; 23 %
-#: of penumbra voxels with a true rCBF of 0.30-0.45 read below 0.30; Campbell et al. 2011 on low SNR).
+#: threshold the penumbra outnumbers the core, so unsmoothed the noise turns penumbra into core
+#: (whole-brain phantoms, 2026-12-04: +13 to +35 %, 23 % of penumbra voxels with a true rCBF of
+#: 0.30-0.45 read below 0.30; now +10 % on average, up to +21 %; Campbell et al. 2011 on low SNR).
 #: Smoothing biases the other way at the core's edge, where the map, already blurred by the
 #: concentration's 5 mm smoothing, blends core and penumbra: a second average lifts that rim above
 #: the threshold (phantom seed 11, outermost 1.5 mm of the true core, true rCBF 0.15: median 0.28 as
 #: mapped, 0.31 after 5 mm, 0.30 after 4 mm), and small or irregular cores shrink most. With the
-#: model-based CBF the second bias won at 5 mm: on 41 whole-brain phantom sessions the core read
+#: fit of 2026-12-05 the second bias won at 5 mm: on 41 whole-brain phantom sessions the core read
 #: 3-9 % small on average and a 7 mL core 38 % small. 4 mm brings the mean errors to -5..+2 %
 #: (docs/accuracy.md, "The core's rCBF smoothing").
 CORE_RCBF_FWHM_MM = 4.0
