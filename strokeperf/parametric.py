@@ -238,7 +238,14 @@ class ParametricDeconvolution:
         # (centred so that the second moment does not cancel in float32).
         self._tmax_centre = float(np.median(self._tmax_atoms))
         offset = self._tmax_atoms - np.float32(self._tmax_centre)
-        self._tmax_powers = (offset, offset * offset)
+        # Every per-curve sum over the candidates in one matrix product each (a pass over the
+        # chunk's weights is the fit's unit of cost): the posterior mass and the first two Tmax
+        # moments; and, with the projections' 1 / <g, g> folded in, the flow-weighted peak and MTT.
+        self._moment_atoms = np.ascontiguousarray(
+            np.stack([np.ones_like(offset), offset, offset * offset], axis=1), dtype=np.float32)
+        self._flow_atoms = np.ascontiguousarray(
+            np.stack([self._inv_norm2 * self._peak_atoms, self._inv_norm2 * self._mtt_atoms],
+                     axis=1), dtype=np.float32)
         # Base measure over the nuisance parameters: uniform in dispersion (trapezoid cells).
         mass = (dispersion_weights(dispersions) if dispersion_mass is None
                 else np.asarray(dispersion_mass, dtype=float))
@@ -324,9 +331,11 @@ class ParametricDeconvolution:
         """Unnormalised posterior weights of every candidate for a chunk of curves (n, T).
 
         Returns ``weights`` (n, K; those of :meth:`_log_weights` restricted to candidates with a
-        positive flow), each candidate's least-squares flow ``F`` (n, K), the weights' sum per
-        curve (n,; 1 where there is no fit) and a mask (n,) of the curves without a fit: no tracer
-        or no positive projection on any candidate.
+        positive flow), the projections ``<c, g_k>`` clipped at 0 (n, K; the least-squares flow
+        is ``F = <c, g_k> / <g_k, g_k>``), the weights' sum per curve (n,; 1 where there is no
+        fit), a mask (n,) of the curves without a fit (no tracer or no positive projection on any
+        candidate) and the weights' sums against :attr:`_moment_atoms` (n, 3: mass, first and
+        second moment of the centred Tmax).
         """
         score, proj, empty = self._log_weights(c, log_prior)
         # Below -80 a weight is under 2e-35 of the best and changes no posterior mean; clamping
@@ -335,11 +344,11 @@ class ParametricDeconvolution:
         np.maximum(score, LOG_WEIGHT_FLOOR, out=score)
         weights = np.exp(score, out=score)                              # in place: (n, K)
         weights *= proj > 0
-        proj *= self._inv_norm2                                         # least-squares F per candidate
-        total = weights.sum(axis=1)
+        moments = weights @ self._moment_atoms                          # (n, 3)
+        total = moments[:, 0].copy()
         empty |= total <= 0
         total[empty] = 1.0
-        return weights, proj, total, empty
+        return weights, proj, total, empty, moments
 
     def tmax_log_evidence(self, curves, chunk_size: int = DEFAULT_CHUNK_SIZE):
         """Log posterior mass of every Tmax bin for each curve, up to a constant per curve.
@@ -376,7 +385,7 @@ class ParametricDeconvolution:
         ``benchmarks/tmax_priors.py``)."""
         c = np.asarray(self._check_curves(curves), dtype=np.float32)
         prior = self._log_prior if log_prior is None else np.asarray(log_prior, dtype=np.float32)
-        weights, _, total, empty = self._weights(c, prior)
+        weights, _, total, empty, _ = self._weights(c, prior)
         weights /= total[:, None]
         weights[empty] = 0.0
         return weights
@@ -389,16 +398,17 @@ class ParametricDeconvolution:
         ``keep_sd_above`` (s), the rows whose SD exceeds it with their :meth:`_tmax_bins`
         (else None); the weights are those of :meth:`_weights` under the default prior.
         """
-        weights, proj, total, empty = self._weights(c, self._log_prior)
-        tmax, tmax_sd = self._tmax_moments(weights, total)
+        weights, proj, total, empty, moments = self._weights(c, self._log_prior)
+        tmax, tmax_sd = self._tmax_moments(moments, total)
         kept = None
         if keep_sd_above is not None:
             rows = np.flatnonzero((tmax_sd > keep_sd_above) & ~empty)
-            kept = (rows, *self._tmax_bins(weights[rows], proj[rows]))
+            kept = (rows, *self._tmax_bins(weights[rows], proj[rows] * self._inv_norm2))
         # CBV: area of the fitted curve, F * MTT; CBF: peak of the effective residue, F max(h conv R).
-        proj *= weights                                                 # weighted F, in place
-        volume = (proj @ self._mtt_atoms) / total
-        flow = (proj @ self._peak_atoms) / total
+        proj *= weights                                                 # weighted <c, g>, in place
+        sums = proj @ self._flow_atoms                                  # (n, 2): F peak, F MTT
+        flow = sums[:, 0] / total
+        volume = sums[:, 1] / total
         flow[empty] = tmax[empty] = volume[empty] = tmax_sd[empty] = 0.0
         return flow, tmax, volume, tmax_sd, kept
 
@@ -424,10 +434,11 @@ class ParametricDeconvolution:
                 bin_mean(weighted_flow * self._peak_atoms).astype(np.float32),
                 bin_mean(weighted_flow * self._mtt_atoms).astype(np.float32))
 
-    def _tmax_moments(self, weights: np.ndarray, total: np.ndarray):
-        """Posterior mean and SD of Tmax (s) from unnormalised candidate weights (n, K)."""
-        m1 = (weights @ self._tmax_powers[0]) / total
-        m2 = (weights @ self._tmax_powers[1]) / total
+    def _tmax_moments(self, moments: np.ndarray, total: np.ndarray):
+        """Posterior mean and SD of Tmax (s) from the weights' sums against
+        :attr:`_moment_atoms` (n, 3) and their total (n,)."""
+        m1 = moments[:, 1] / total
+        m2 = moments[:, 2] / total
         return m1 + self._tmax_centre, np.sqrt(np.maximum(m2 - m1 * m1, 0.0))
 
     def tmax_posterior(self, curves, prior_mean=None, prior_var=None,
@@ -450,8 +461,8 @@ class ParametricDeconvolution:
                 m = np.asarray(prior_mean[part], dtype=np.float32)[:, None]
                 v = np.maximum(np.asarray(prior_var[part], dtype=np.float32), 1e-3)[:, None]
                 log_prior = log_prior[None, :] - 0.5 * (t - m) ** 2 / v
-            weights, _, total, empty = self._weights(c, log_prior)
-            mean[part], sd[part] = self._tmax_moments(weights, total)
+            _, _, total, empty, moments = self._weights(c, log_prior)
+            mean[part], sd[part] = self._tmax_moments(moments, total)
             mean[part][empty] = sd[part][empty] = 0.0
             no_fit[part] = empty
         return mean, sd, no_fit
