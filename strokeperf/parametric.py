@@ -224,8 +224,7 @@ class ParametricDeconvolution:
         dispersion_index = np.repeat(np.arange(len(dispersions)),
                                      self.n_combos // len(dispersions) * self.n_delays)[order]
         self._dispersion_atoms = np.asarray(dispersions, dtype=float)[dispersion_index]
-        self._mtt_atoms = mtt_atoms[order].astype(np.float32)
-        self._peak_atoms = peak_atoms[order].astype(np.float32)
+        mtt_atoms, peak_atoms = mtt_atoms[order], peak_atoms[order]
         atoms = atoms.reshape(-1, t.size)[order].astype(np.float32)
         # The baseline offset is profiled out by centring curves and candidates over the frames.
         self._atom_means = atoms.mean(axis=1)[None, :]                   # (1, K), >= 0
@@ -240,12 +239,14 @@ class ParametricDeconvolution:
         offset = self._tmax_atoms - np.float32(self._tmax_centre)
         # Every per-curve sum over the candidates in one matrix product each (a pass over the
         # chunk's weights is the fit's unit of cost): the posterior mass and the first two Tmax
-        # moments; and, with the projections' 1 / <g, g> folded in, the flow-weighted peak and MTT.
+        # moments; and the flow-weighted peak and MTT. The flow is the projection times
+        # 1 / <g, g>, folded here into each candidate's peak and MTT (also for :meth:`_tmax_bins`).
         self._moment_atoms = np.ascontiguousarray(
             np.stack([np.ones_like(offset), offset, offset * offset], axis=1), dtype=np.float32)
+        self._peak_per_projection = (self._inv_norm2 * peak_atoms).astype(np.float32)
+        self._mtt_per_projection = (self._inv_norm2 * mtt_atoms).astype(np.float32)
         self._flow_atoms = np.ascontiguousarray(
-            np.stack([self._inv_norm2 * self._peak_atoms, self._inv_norm2 * self._mtt_atoms],
-                     axis=1), dtype=np.float32)
+            np.stack([self._peak_per_projection, self._mtt_per_projection], axis=1))
         # Base measure over the nuisance parameters: uniform in dispersion (trapezoid cells).
         mass = (dispersion_weights(dispersions) if dispersion_mass is None
                 else np.asarray(dispersion_mass, dtype=float))
@@ -403,7 +404,7 @@ class ParametricDeconvolution:
         kept = None
         if keep_sd_above is not None:
             rows = np.flatnonzero((tmax_sd > keep_sd_above) & ~empty)
-            kept = (rows, *self._tmax_bins(weights[rows], proj[rows] * self._inv_norm2))
+            kept = (rows, *self._tmax_bins(weights[rows], proj[rows]))
         # CBV: area of the fitted curve, F * MTT; CBF: peak of the effective residue, F max(h conv R).
         proj *= weights                                                 # weighted <c, g>, in place
         sums = proj @ self._flow_atoms                                  # (n, 2): F peak, F MTT
@@ -412,9 +413,9 @@ class ParametricDeconvolution:
         flow[empty] = tmax[empty] = volume[empty] = tmax_sd[empty] = 0.0
         return flow, tmax, volume, tmax_sd, kept
 
-    def _tmax_bins(self, weights: np.ndarray, flows: np.ndarray):
+    def _tmax_bins(self, weights: np.ndarray, proj: np.ndarray):
         """The posterior per Tmax bin, from unnormalised candidate weights (n, K) and the
-        candidates' least-squares flows ``F`` (n, K): the log of each bin's share of the posterior
+        projections ``<c, g_k>`` (n, K; as :meth:`_weights` returns them): the log of each bin's share of the posterior
         mass, and its posterior mean Tmax (s), effective residue peak (1/s) and fitted area ratio
         (each (n, B), float32). A bin whose mass underflows float32 gets the log of the smallest
         normal float32 (the data exclude it), its prior mean Tmax, and flow and area 0."""
@@ -422,7 +423,7 @@ class ParametricDeconvolution:
         tiny = np.finfo(np.float32).tiny
         held = mass > tiny
         inv = np.where(held, 1.0 / np.where(held, mass, 1.0), 0.0)
-        weighted_flow = weights * flows
+        weighted_proj = weights * proj
 
         def bin_mean(values):
             return np.add.reduceat(values, self._bin_starts, axis=1) * inv
@@ -431,8 +432,8 @@ class ParametricDeconvolution:
                             self.tmax_bin_centres[None, :].astype(np.float32))
         log_mass = np.log(np.maximum(mass, tiny) / mass.sum(axis=1, keepdims=True))
         return (log_mass.astype(np.float32), bin_tmax.astype(np.float32),
-                bin_mean(weighted_flow * self._peak_atoms).astype(np.float32),
-                bin_mean(weighted_flow * self._mtt_atoms).astype(np.float32))
+                bin_mean(weighted_proj * self._peak_per_projection).astype(np.float32),
+                bin_mean(weighted_proj * self._mtt_per_projection).astype(np.float32))
 
     def _tmax_moments(self, moments: np.ndarray, total: np.ndarray):
         """Posterior mean and SD of Tmax (s) from the weights' sums against
