@@ -23,6 +23,8 @@ from strokeperf.interfaces.derivatives import volumes_path, write_dataset_descri
 log = logging.getLogger("strokeperf")
 
 DECONVOLUTION_METHODS = ("parametric", "bcsvd", "csvd", "ssvd", "tikhonov")
+#: The installed package's source, whose digest names the pipeline cache (:func:`pipeline_cache_root`).
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _ctp_workflow():
@@ -60,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="sessions to process, with or without 'ses-'")
     run = p.add_argument_group("execution")
     run.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
-                     help="pydra cache; reruns with the same one reuse finished steps "
-                          "(default: ./work)")
+                     help="pydra cache; reruns with the same one reuse the steps the same "
+                          "strokeperf code finished (default: ./work)")
     run.add_argument("--nprocs", type=int, default=None,
                      help="processes for the cf worker (default: all cores)")
     run.add_argument("--worker", choices=["cf", "slurm", "debug"], default="cf",
@@ -172,6 +174,31 @@ def use_work_dir_hash_cache(work_dir: Path) -> Path:
     return cache
 
 
+def code_fingerprint(package_dir: Path = PACKAGE_DIR) -> str:
+    """SHA-256 of every Python source file of the package (relative path and bytes, in path order).
+
+    Reading the ~60 files takes a few milliseconds; editing, adding or removing any of them changes
+    the digest."""
+    digest = hashlib.sha256()
+    package_dir = Path(package_dir)
+    for path in sorted(package_dir.rglob("*.py")):
+        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def pipeline_cache_root(work_dir: Path) -> Path:
+    """pydra's cache for the strokeperf code that is running: ``WORK_DIR/pydra/<version>-<digest>``.
+
+    pydra keys a step's cache on its inputs and the task's definition, not on the library code the
+    step calls, so after an upgrade (or a local edit) a rerun with the same work directory would
+    silently reuse results computed by the old code. Keying the directory on the source digest
+    (:func:`code_fingerprint`) keeps resumption for the same code and recomputes after any change;
+    fMRIPrep similarly names its working directory by version, which would miss edits within one.
+    """
+    return Path(work_dir) / "pydra" / f"{__version__}-{code_fingerprint()[:12]}"
+
+
 def _submitter(args, work_dir: Path):
     from pydra.engine.submitter import Submitter
 
@@ -180,9 +207,10 @@ def _submitter(args, work_dir: Path):
         kwargs["n_procs"] = args.nprocs
     if args.worker == "slurm" and args.slurm_args:
         kwargs["sbatch_args"] = args.slurm_args
-    remove_stale_locks(work_dir / "pydra")
-    return Submitter(worker=args.worker, cache_root=work_dir / "pydra", clean_stale_locks=True,
-                     **kwargs)
+    cache_root = pipeline_cache_root(work_dir)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    remove_stale_locks(cache_root)
+    return Submitter(worker=args.worker, cache_root=cache_root, clean_stale_locks=True, **kwargs)
 
 
 #: sbatch options the pydra slurm worker sets itself (it reads each job's own output and error

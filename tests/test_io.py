@@ -73,3 +73,31 @@ def test_file_hash_cache_lives_in_the_work_dir_and_its_dead_locks_are_cleared(tm
     assert sorted(p.name for p in cache.iterdir()) == ["0123abcd"]
     assert PersistentCache().location == cache
     assert os.environ["PYDRA_HASH_CACHE"] == str(cache)
+
+
+def test_pipeline_cache_is_keyed_on_the_code(tmp_path, monkeypatch):
+    """pydra does not see the library code a step calls: after an upgrade or an edit, a rerun with
+    the same work directory must recompute, not reuse the old code's results (it did: the
+    deconvolution step was reused across a change of parametric.py)."""
+    import shutil
+
+    from strokeperf import __version__, cli
+
+    package = tmp_path / "strokeperf"
+    shutil.copytree(cli.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = cli.code_fingerprint(package)
+    assert cli.code_fingerprint(package) == before            # same code, same cache: resumable
+    (package / "__pycache__").mkdir(exist_ok=True)
+    (package / "__pycache__" / "x.pyc").write_bytes(b"compiled")  # not source
+    assert cli.code_fingerprint(package) == before
+    source = package / "parametric.py"
+    source.write_text(source.read_text() + "\n# edited\n")
+    assert cli.code_fingerprint(package) != before
+    (package / "parametric.py").unlink()
+    assert cli.code_fingerprint(package) != before
+
+    root = cli.pipeline_cache_root(tmp_path / "work")
+    assert root.parent == tmp_path / "work" / "pydra"
+    assert root.name == f"{__version__}-{cli.code_fingerprint()[:12]}"
+    monkeypatch.setattr(cli, "code_fingerprint", lambda: "f" * 64)
+    assert cli.pipeline_cache_root(tmp_path / "work").name == f"{__version__}-{'f' * 12}"

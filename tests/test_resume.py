@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_phantom
+from strokeperf.cli import pipeline_cache_root
 
 N_SESSIONS = 3
 #: A run of three small sessions takes about a minute; a hang must fail the test, not the CI.
@@ -58,7 +59,8 @@ def _assert_every_file_complete(out: Path) -> None:
 
 
 def _finished_jobs(work: Path) -> dict[Path, int]:
-    return {p: p.stat().st_mtime_ns for p in (work / "pydra").glob("python-*/_result.pklz")}
+    return {p: p.stat().st_mtime_ns
+            for p in pipeline_cache_root(work).glob("python-*/_result.pklz")}
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,7 @@ def test_kill_and_resume(cohort, tmp_path):
     after = _finished_jobs(work)
     assert all(after[p] == mtime for p, mtime in finished.items())
     # One deconvolution per session: none was recomputed under a second hash.
-    assert len(list((work / "pydra").glob("python-*/cbf.nii"))) == N_SESSIONS
+    assert len(list(pipeline_cache_root(work).glob("python-*/cbf.nii"))) == N_SESSIONS
     _assert_every_file_complete(out)
     assert (out / "group_perfusion.tsv").read_bytes() == (tmp_path / "ref" /
                                                           "group_perfusion.tsv").read_bytes()
