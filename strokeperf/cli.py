@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import socket
 import sys
@@ -174,16 +175,41 @@ def use_work_dir_hash_cache(work_dir: Path) -> Path:
     return cache
 
 
-def code_fingerprint(package_dir: Path = PACKAGE_DIR) -> str:
-    """SHA-256 of every Python source file of the package (relative path and bytes, in path order).
+def dependency_versions() -> dict[str, str]:
+    """Installed versions of strokeperf's runtime requirements (read from its package metadata, so
+    the list follows pyproject.toml; optional extras such as ``test`` are left out)."""
+    from importlib import metadata
 
-    Reading the ~40 files takes about a millisecond; editing, adding or removing any of them changes
-    the digest."""
+    try:
+        requirements = metadata.requires("strokeperf") or []
+    except metadata.PackageNotFoundError:       # running from a source tree that is not installed
+        return {}
+    versions = {}
+    for requirement in requirements:
+        if "extra ==" in requirement:
+            continue
+        name = re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0]
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def code_fingerprint(package_dir: Path = PACKAGE_DIR, dependencies: dict | None = None) -> str:
+    """SHA-256 of every Python source file of the package (relative path and bytes, in path order)
+    and of the installed versions of its requirements (default :func:`dependency_versions`).
+
+    Editing, adding or removing a source file, or upgrading numpy, ANTsPy, pydra or another
+    requirement, changes the digest; reading the ~40 files and the metadata takes about 10 ms."""
     digest = hashlib.sha256()
     package_dir = Path(package_dir)
     for path in sorted(package_dir.rglob("*.py")):
         digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
+    versions = dependency_versions() if dependencies is None else dependencies
+    for name, version in sorted(versions.items()):
+        digest.update(f"{name}=={version}\0".encode())
     return digest.hexdigest()
 
 
@@ -192,9 +218,10 @@ def pipeline_cache_root(work_dir: Path) -> Path:
 
     pydra keys a step's cache on its inputs and the task's definition, not on the library code the
     step calls, so after an upgrade (or a local edit) a rerun with the same work directory would
-    silently reuse results computed by the old code. Keying the directory on the source digest
-    (:func:`code_fingerprint`) keeps resumption for the same code and recomputes after any change;
-    fMRIPrep similarly names its working directory by version, which would miss edits within one.
+    silently reuse results computed by the old code. Keying the directory on the digest of the
+    source and of the requirements' versions (:func:`code_fingerprint`) keeps resumption for the
+    same code and recomputes after any change; fMRIPrep similarly names its working directory by
+    version, which would miss edits within one.
     """
     return Path(work_dir) / "pydra" / f"{__version__}-{code_fingerprint()[:12]}"
 

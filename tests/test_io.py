@@ -96,6 +96,14 @@ def test_pipeline_cache_is_keyed_on_the_code(tmp_path, monkeypatch):
     (package / "parametric.py").unlink()
     assert cli.code_fingerprint(package) != before
 
+    # A dependency upgrade counts as a change of the code (ANTsPy or numpy can change results).
+    versions = cli.dependency_versions()
+    import numpy
+    assert versions["numpy"] == numpy.__version__ and "antspyx" in versions and "pytest" not in versions
+    upgraded = dict(versions, antspyx=versions["antspyx"] + ".post1")
+    assert cli.code_fingerprint(package, versions) != cli.code_fingerprint(package, upgraded)
+    assert cli.code_fingerprint(package, versions) == cli.code_fingerprint(package)
+
     root = cli.pipeline_cache_root(tmp_path / "work")
     assert root.parent == tmp_path / "work" / "pydra"
     assert root.name == f"{__version__}-{cli.code_fingerprint()[:12]}"
