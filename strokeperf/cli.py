@@ -226,7 +226,7 @@ def pipeline_cache_root(work_dir: Path) -> Path:
     return Path(work_dir) / "pydra" / f"{__version__}-{code_fingerprint()[:12]}"
 
 
-def _submitter(args, work_dir: Path):
+def _submitter(args, cache_root: Path):
     from pydra.engine.submitter import Submitter
 
     kwargs = {}
@@ -234,9 +234,6 @@ def _submitter(args, work_dir: Path):
         kwargs["n_procs"] = args.nprocs
     if args.worker == "slurm" and args.slurm_args:
         kwargs["sbatch_args"] = args.slurm_args
-    cache_root = pipeline_cache_root(work_dir)
-    cache_root.mkdir(parents=True, exist_ok=True)
-    remove_stale_locks(cache_root)
     return Submitter(worker=args.worker, cache_root=cache_root, clean_stale_locks=True, **kwargs)
 
 
@@ -283,6 +280,9 @@ def run_participant(args) -> int:
     # Temporaries of atomic writes go to the work directory (inherited by cf and SLURM workers).
     os.environ[io.STAGING_ENV] = str(work_dir / "staging")
     use_work_dir_hash_cache(work_dir)
+    cache_root = pipeline_cache_root(work_dir)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    remove_stale_locks(cache_root)
     write_dataset_description(output_dir)
     records = [_session_record(s, work_dir, participants) for s in sessions]
     for r in records:
@@ -297,7 +297,7 @@ def run_participant(args) -> int:
         if chosen:
             task = SESSION_WORKFLOWS[modality]()(output_dir=str(output_dir), run_id=run_id,
                                                  config=parameters.to_dict()).split(session=chosen)
-            with _submitter(args, work_dir) as submitter:
+            with _submitter(args, cache_root) as submitter:
                 submitter(task, raise_errors=False)
     for r in records:
         if Path(r["done_file"]).exists() and Path(r["done_file"]).read_text() == run_id:
