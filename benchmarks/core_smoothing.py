@@ -24,11 +24,15 @@ import numpy as np
 from strokeperf import lesions
 
 
-def _image(folder: Path, pattern: str) -> np.ndarray:
+def _load(folder: Path, pattern: str) -> nib.Nifti1Image:
     found = sorted(folder.glob(pattern))
     if not found:
         raise SystemExit(f"{folder}: no file matches {pattern} (is this a --keep folder?)")
-    return np.asarray(nib.load(found[0]).dataobj)
+    return nib.load(found[0])
+
+
+def _image(folder: Path, pattern: str) -> np.ndarray:
+    return np.asarray(_load(folder, pattern).dataobj)
 
 
 def core_volumes(kept: Path, widths_mm) -> tuple[float, dict[float, float]]:
@@ -36,7 +40,7 @@ def core_volumes(kept: Path, widths_mm) -> tuple[float, dict[float, float]]:
     perf = next(kept.glob("out/sub-*/perf"), None)
     if perf is None:
         raise SystemExit(f"{kept}: no out/sub-*/perf folder (is this a --keep folder?)")
-    rcbf_image = nib.load(sorted(perf.glob("*_desc-ctp_rcbf.nii.gz"))[0])
+    rcbf_image = _load(perf, "*_desc-ctp_rcbf.nii.gz")
     voxel = rcbf_image.header.get_zooms()[:3]
     rcbf = np.asarray(rcbf_image.dataobj, dtype=np.float32)
     tissue = _image(perf, "*_desc-ctpTissue_mask.nii.gz") > 0
