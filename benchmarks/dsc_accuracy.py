@@ -37,29 +37,25 @@ VOLUMES = ["core_ml", "tmax4_ml", "tmax6_ml", "tmax8_ml", "tmax10_ml"]
 AIF_THRESHOLDS_S = (4.0, 6.0, 10.0)
 
 
-def _one(work: Path, name: str) -> Path:
-    found = sorted(work.glob(f"pydra/*/{name}"))
-    if len(found) != 1:
-        raise RuntimeError(f"expected one {name} in {work}, found {len(found)}")
-    return found[0]
 
 
 def aif_check(bids: Path, work: Path, label: str) -> dict:
     """Voxel-wise Tmax volumes (mL) with the pipeline's and the true AIF, and the truth."""
+    from strokeperf.cli import finished_step_file
     from strokeperf.parametric import ParametricDeconvolution
 
     truth_dir = bids / "truth"
     meta = json.loads((truth_dir / f"sub-{label}_truth.json").read_text())["modalities"]["dsc"]
     times = np.asarray(meta["frame_times_s"], dtype=float)
-    conc_img = nib.load(_one(work, "delta_r2s_denoised.nii"))
+    conc_img = nib.load(finished_step_file(work, "delta_r2s_denoised.nii"))
     conc = np.asarray(conc_img.dataobj, dtype=np.float32)
-    brain = np.asarray(nib.load(_one(work, "brain_mask.nii")).dataobj) > 0
+    brain = np.asarray(nib.load(finished_step_file(work, "brain_mask.nii")).dataobj) > 0
     tissue = np.asarray(nib.load(truth_dir / f"sub-{label}_mod-dsc_tissue.nii.gz").dataobj) > 0
     tmax_true = np.asarray(nib.load(truth_dir / f"sub-{label}_mod-dsc_tmax.nii.gz").dataobj)
     voxel_ml = float(np.prod(conc_img.header.get_zooms()[:3])) / 1000.0
     select = brain & tissue
     curves, truth = conc[select], tmax_true[select]
-    pipeline = json.loads(_one(work, "input_functions.json").read_text())
+    pipeline = json.loads(finished_step_file(work, "input_functions.json").read_text())
     out = {"truth": [voxel_ml * np.count_nonzero(truth > x) for x in AIF_THRESHOLDS_S]}
     for name, aif in (("pipeline AIF", pipeline["aif"]), ("true AIF", meta["aif"])):
         tmax = ParametricDeconvolution(np.asarray(aif, dtype=float), times).fit(curves).tmax

@@ -82,6 +82,7 @@ from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
 from strokeperf import lesions
+from strokeperf.cli import finished_step_file, pipeline_cache_root
 from strokeperf.concentration import FWHM_PER_SIGMA, denoise, noise_sd
 from strokeperf.deconvolution import perfusion_maps
 from strokeperf.parametric import (DEFAULT_CHUNK_SIZE, NEIGHBOURHOOD_FWHM_MM,
@@ -320,12 +321,6 @@ def shape_series(conc, mask, voxel_size_mm, fwhm_mm: float, frame_times, aif,
     return out
 
 
-def _one(work: Path, name: str) -> Path:
-    """The single pydra output file ``name`` of the session in the work directory."""
-    found = sorted(work.glob(f"pydra/python-*/{name}"))
-    if len(found) != 1:
-        raise SystemExit(f"expected one {name} under {work}, found {len(found)}")
-    return found[0]
 
 
 def _load(path: Path) -> np.ndarray:
@@ -368,22 +363,23 @@ def _compare(args, root: Path) -> int:
     if args.voxel_size:
         command += ["--voxel-size", *map(str, args.voxel_size)]
     command += ["--", "--no-motion-correction", "--denoise-fwhm", str(args.fwhm)]
-    # A kept directory with a finished run is reused; its pipeline maps may predate code changes,
-    # so the current per-voxel fit is then recomputed ("current fit").
-    reused = (root / "out" / "group_perfusion.tsv").exists()
+    # A kept directory with a finished run of this code is reused (the pipeline's cache is keyed
+    # on the code, so another version's run is recomputed).
+    reused = any(pipeline_cache_root(root / "work").glob("python-*/tmax.nii"))
     if not reused:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
     work = root / "work"
-    image = nib.load(_one(work, "delta_hu.nii"))
+    image = nib.load(finished_step_file(work, "delta_hu.nii"))
     voxel = np.asarray(image.header.get_zooms()[:3], dtype=float)
-    brain = _load(_one(work, "brain_mask.nii")) > 0
-    tissue = lesions.tissue_mask(brain, _load(_one(work, "csf_mask.nii")) > 0,
-                                 _load(_one(work, "cbv.nii")), vessel_cbv=lesions.VESSEL_CBV_ML_100G)
-    record = json.loads(_one(work, "input_functions.json").read_text())
+    brain = _load(finished_step_file(work, "brain_mask.nii")) > 0
+    tissue = lesions.tissue_mask(brain, _load(finished_step_file(work, "csf_mask.nii")) > 0,
+                                 _load(finished_step_file(work, "cbv.nii")),
+                                 vessel_cbv=lesions.VESSEL_CBV_ML_100G)
+    record = json.loads(finished_step_file(work, "input_functions.json").read_text())
     aif, times = np.asarray(record["aif_scaled"]), np.asarray(record["frame_times_s"])
     conc = np.asarray(image.dataobj)
-    maps = {"per-voxel fit": _load(_one(work, "tmax.nii"))}
+    maps = {"per-voxel fit": _load(finished_step_file(work, "tmax.nii"))}
     if not args.no_pool:
         started = time.perf_counter()
         series = tmax_series(conc, brain, voxel, args.fwhm)

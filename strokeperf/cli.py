@@ -226,6 +226,21 @@ def pipeline_cache_root(work_dir: Path) -> Path:
     return Path(work_dir) / "pydra" / f"{__version__}-{code_fingerprint()[:12]}"
 
 
+def finished_step_file(work_dir: Path, name: str) -> Path:
+    """The one file ``name`` that a finished step of this code wrote under WORK_DIR's cache.
+
+    For benchmarks and debugging that read a kept session's intermediate images (e.g.
+    ``delta_hu.nii``); raises :class:`FileNotFoundError` naming the cache when there is none or
+    more than one, as when the session was run by other code or held several sessions.
+    """
+    cache = pipeline_cache_root(work_dir)
+    found = sorted(cache.glob(f"python-*/{name}"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one {name} under {cache}, found {len(found)} (was the "
+                                "session run with this strokeperf code?)")
+    return found[0]
+
+
 def _submitter(args, cache_root: Path):
     from pydra.engine.submitter import Submitter
 

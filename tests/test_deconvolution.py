@@ -168,7 +168,7 @@ def test_osvd_picks_the_threshold_of_the_direct_search():
     curves = curves + sigma * rng.normal(0.0, 1.0, curves.shape)
     curves[-20:] = 0.0                                    # no tracer: every candidate is flat
 
-    L, limit = model.n_padded, OSCILLATION_INDEX_WU2003 * model.n_padded
+    limit = OSCILLATION_INDEX_WU2003 * model.n_padded
     u, s, vt = np.linalg.svd(model.matrix)
     coef = curves @ u[: t.size]                           # (n, L), the padded half is zero
     lightest_first = sorted(OSVD_THRESHOLDS)

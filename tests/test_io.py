@@ -109,3 +109,24 @@ def test_pipeline_cache_is_keyed_on_the_code(tmp_path, monkeypatch):
     assert root.name == f"{__version__}-{cli.code_fingerprint()[:12]}"
     monkeypatch.setattr(cli, "code_fingerprint", lambda: "f" * 64)
     assert cli.pipeline_cache_root(tmp_path / "work").name == f"{__version__}-{'f' * 12}"
+
+
+def test_a_kept_session_s_step_files_are_found_only_in_this_code_s_cache(tmp_path):
+    """Benchmarks read a kept session's intermediate images; a run by other code must be named,
+    not silently read (they broke when the cache moved under the code's digest)."""
+    from strokeperf import cli
+
+    work = tmp_path / "work"
+    old = work / "pydra" / "0.0.1-000000000000" / "python-abc"
+    old.mkdir(parents=True)
+    (old / "delta_hu.nii").write_bytes(b"old code")
+    with pytest.raises(FileNotFoundError, match=r"expected one delta_hu.nii under .*pydra.*found 0"):
+        cli.finished_step_file(work, "delta_hu.nii")
+    step = cli.pipeline_cache_root(work) / "python-def"
+    step.mkdir(parents=True)
+    (step / "delta_hu.nii").write_bytes(b"this code")
+    assert cli.finished_step_file(work, "delta_hu.nii").read_bytes() == b"this code"
+    (cli.pipeline_cache_root(work) / "python-0ff").mkdir()
+    (cli.pipeline_cache_root(work) / "python-0ff" / "delta_hu.nii").write_bytes(b"second session")
+    with pytest.raises(FileNotFoundError, match="found 2"):
+        cli.finished_step_file(work, "delta_hu.nii")
