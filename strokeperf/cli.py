@@ -226,6 +226,18 @@ def pipeline_cache_root(work_dir: Path) -> Path:
     return Path(work_dir) / "pydra" / f"{__version__}-{code_fingerprint()[:12]}"
 
 
+def other_code_caches(work_dir: Path) -> list[Path]:
+    """Pipeline caches in WORK_DIR of strokeperf code other than this one's (see
+    :func:`pipeline_cache_root`): never read by this run, left for the user to delete."""
+    ours = pipeline_cache_root(work_dir)
+    pattern = re.compile(r"^[0-9][^/]*-[0-9a-f]{12}$")
+    parent = ours.parent
+    if not parent.is_dir():
+        return []
+    return sorted(p for p in parent.iterdir()
+                  if p.is_dir() and p != ours and pattern.match(p.name))
+
+
 def finished_step_file(work_dir: Path, name: str) -> Path:
     """The one file ``name`` that a finished step of this code wrote under WORK_DIR's cache.
 
@@ -307,6 +319,11 @@ def run_participant(args) -> int:
     started = time.time()
     run_id = uuid.uuid4().hex
     print(f"strokeperf {__version__}: {len(records)} series from {bids_dir}", flush=True)
+    stale = other_code_caches(work_dir)
+    if stale:
+        print(f"  {work_dir / 'pydra'} also holds {len(stale)} cache(s) of other strokeperf code "
+              f"({', '.join(p.name for p in stale)}); this run does not use them, and they can be "
+              "deleted unless a run of that code is to resume", flush=True)
     for modality in ("ctp", "dsc"):
         chosen = [r for r in records if r["modality"] == modality]
         if chosen:

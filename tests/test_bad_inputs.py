@@ -123,10 +123,15 @@ def test_group_level_rebuilds_the_same_table(bad_cohort, small_ctp_dataset):
     assert (out / "group_perfusion.tsv").read_bytes() == before
 
 
-def test_exit_0_when_every_selected_session_succeeds(ctp_dataset_copy, tmp_path):
+def test_exit_0_when_every_selected_session_succeeds(ctp_dataset_copy, tmp_path, capsys):
+    # A work directory reused after an upgrade: the old code's cache is named, not used, not deleted.
+    old_cache = tmp_path / "work" / "pydra" / "0.0.9-0123456789ab"
+    old_cache.mkdir(parents=True)
     assert main([str(ctp_dataset_copy), str(tmp_path / "out"), "participant",
                  "-w", str(tmp_path / "work"), "--participant-label", "sub-ok",
                  "--no-motion-correction"]) == 0
+    assert "1 cache(s) of other strokeperf code (0.0.9-0123456789ab)" in capsys.readouterr().out
+    assert old_cache.is_dir() and not any(old_cache.iterdir())
 
 
 def test_exit_18_when_labels_match_nothing(ctp_dataset_copy, tmp_path, capsys):

@@ -111,6 +111,19 @@ def test_pipeline_cache_is_keyed_on_the_code(tmp_path, monkeypatch):
     assert cli.pipeline_cache_root(tmp_path / "work").name == f"{__version__}-{'f' * 12}"
 
 
+def test_caches_of_other_code_are_listed_for_the_user_to_delete(tmp_path):
+    from strokeperf import cli
+
+    work = tmp_path / "work"
+    assert cli.other_code_caches(work) == []                       # no work directory yet
+    cli.pipeline_cache_root(work).mkdir(parents=True)
+    older = work / "pydra" / "0.0.9-0123456789ab"
+    older.mkdir()
+    (work / "pydra" / "notes").mkdir()                             # not a cache of ours
+    (work / "pydra" / "0.0.8-0123456789ab.txt").write_text("a file")
+    assert cli.other_code_caches(work) == [older]
+
+
 def test_a_kept_session_s_step_files_are_found_only_in_this_code_s_cache(tmp_path):
     """Benchmarks read a kept session's intermediate images; a run by other code must be named,
     not silently read (they broke when the cache moved under the code's digest)."""
