@@ -37,8 +37,6 @@ VOLUMES = ["core_ml", "tmax4_ml", "tmax6_ml", "tmax8_ml", "tmax10_ml"]
 AIF_THRESHOLDS_S = (4.0, 6.0, 10.0)
 
 
-
-
 def aif_check(bids: Path, work: Path, label: str) -> dict:
     """Voxel-wise Tmax volumes (mL) with the pipeline's and the true AIF, and the truth."""
     from strokeperf.cli import finished_step_file

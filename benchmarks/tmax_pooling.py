@@ -82,7 +82,7 @@ from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
 from strokeperf import lesions
-from strokeperf.cli import finished_step_file, pipeline_cache_root
+from strokeperf.cli import finished_step_file
 from strokeperf.concentration import FWHM_PER_SIGMA, denoise, noise_sd
 from strokeperf.deconvolution import perfusion_maps
 from strokeperf.parametric import (DEFAULT_CHUNK_SIZE, NEIGHBOURHOOD_FWHM_MM,
@@ -321,6 +321,10 @@ def shape_series(conc, mask, voxel_size_mm, fwhm_mm: float, frame_times, aif,
     return out
 
 
+def step_file(work: Path, name: str) -> Path:
+    """A kept session's intermediate image, from this code's pipeline cache or, failing that,
+    another code's (the "current fit" column then shows this code's Tmax)."""
+    return finished_step_file(work, name, any_code=True)
 
 
 def _load(path: Path) -> np.ndarray:
@@ -363,23 +367,24 @@ def _compare(args, root: Path) -> int:
     if args.voxel_size:
         command += ["--voxel-size", *map(str, args.voxel_size)]
     command += ["--", "--no-motion-correction", "--denoise-fwhm", str(args.fwhm)]
-    # A kept directory with a finished run of this code is reused (the pipeline's cache is keyed
-    # on the code, so another version's run is recomputed).
-    reused = any(pipeline_cache_root(root / "work").glob("python-*/tmax.nii"))
+    # A kept directory with a finished run is reused, also one of other code (its cache is keyed
+    # on the code): its inputs stay valid, its maps may not, so the current per-voxel fit is then
+    # recomputed ("current fit").
+    reused = (root / "out" / "group_perfusion.tsv").exists()
     if not reused:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
     work = root / "work"
-    image = nib.load(finished_step_file(work, "delta_hu.nii"))
+    image = nib.load(step_file(work, "delta_hu.nii"))
     voxel = np.asarray(image.header.get_zooms()[:3], dtype=float)
-    brain = _load(finished_step_file(work, "brain_mask.nii")) > 0
-    tissue = lesions.tissue_mask(brain, _load(finished_step_file(work, "csf_mask.nii")) > 0,
-                                 _load(finished_step_file(work, "cbv.nii")),
+    brain = _load(step_file(work, "brain_mask.nii")) > 0
+    tissue = lesions.tissue_mask(brain, _load(step_file(work, "csf_mask.nii")) > 0,
+                                 _load(step_file(work, "cbv.nii")),
                                  vessel_cbv=lesions.VESSEL_CBV_ML_100G)
-    record = json.loads(finished_step_file(work, "input_functions.json").read_text())
+    record = json.loads(step_file(work, "input_functions.json").read_text())
     aif, times = np.asarray(record["aif_scaled"]), np.asarray(record["frame_times_s"])
     conc = np.asarray(image.dataobj)
-    maps = {"per-voxel fit": _load(finished_step_file(work, "tmax.nii"))}
+    maps = {"per-voxel fit": _load(step_file(work, "tmax.nii"))}
     if not args.no_pool:
         started = time.perf_counter()
         series = tmax_series(conc, brain, voxel, args.fwhm)

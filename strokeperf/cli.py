@@ -226,31 +226,44 @@ def pipeline_cache_root(work_dir: Path) -> Path:
     return Path(work_dir) / "pydra" / f"{__version__}-{code_fingerprint()[:12]}"
 
 
-def other_code_caches(work_dir: Path) -> list[Path]:
-    """Pipeline caches in WORK_DIR of strokeperf code other than this one's (see
-    :func:`pipeline_cache_root`): never read by this run, left for the user to delete."""
-    ours = pipeline_cache_root(work_dir)
-    pattern = re.compile(r"^[0-9][^/]*-[0-9a-f]{12}$")
-    parent = ours.parent
+#: Name of a pipeline cache directory: ``<version>-<first 12 hex digits of the code digest>``.
+CACHE_NAME = re.compile(r"[0-9][^/]*-[0-9a-f]{12}")
+
+
+def other_code_caches(cache_root: Path) -> list[Path]:
+    """Pipeline caches beside ``cache_root`` (this code's, :func:`pipeline_cache_root`) that other
+    strokeperf code wrote: never read by this run, left for the user to delete."""
+    parent = Path(cache_root).parent
     if not parent.is_dir():
         return []
     return sorted(p for p in parent.iterdir()
-                  if p.is_dir() and p != ours and pattern.match(p.name))
+                  if p.is_dir() and p != Path(cache_root) and CACHE_NAME.fullmatch(p.name))
 
 
-def finished_step_file(work_dir: Path, name: str) -> Path:
-    """The one file ``name`` that a finished step of this code wrote under WORK_DIR's cache.
+def finished_step_file(work_dir: Path, name: str, any_code: bool = False) -> Path:
+    """The one file ``name`` that a finished step wrote under WORK_DIR's cache of this code.
 
     For benchmarks and debugging that read a kept session's intermediate images (e.g.
-    ``delta_hu.nii``); raises :class:`FileNotFoundError` naming the cache when there is none or
-    more than one, as when the session was run by other code or held several sessions.
+    ``delta_hu.nii``). With ``any_code``, a session run by other strokeperf code is read too when
+    this code's cache has none (its newest such file, named on stderr): inputs to the step being
+    timed or tried stay valid across an edit of it. Raises :class:`FileNotFoundError` naming the
+    cache searched when there is no such file, or when this code's cache holds several sessions.
     """
     cache = pipeline_cache_root(work_dir)
     found = sorted(cache.glob(f"python-*/{name}"))
-    if len(found) != 1:
-        raise FileNotFoundError(f"expected one {name} under {cache}, found {len(found)} (was the "
-                                "session run with this strokeperf code?)")
-    return found[0]
+    if len(found) > 1:
+        raise FileNotFoundError(f"{len(found)} files {name} under {cache}: the work directory "
+                                "holds several sessions; keep one session per work directory")
+    if found:
+        return found[0]
+    others = [f for c in other_code_caches(cache) for f in c.glob(f"python-*/{name}")]
+    if any_code and others:
+        newest = max(others, key=lambda f: f.stat().st_mtime)
+        print(f"reading {newest}, written by other strokeperf code", file=sys.stderr)
+        return newest
+    hint = (f"; {len(others)} in caches of other strokeperf code" if others else "")
+    raise FileNotFoundError(f"no {name} under {cache}{hint} (was the session run with this "
+                            "strokeperf code?)")
 
 
 def _submitter(args, cache_root: Path):
@@ -319,7 +332,7 @@ def run_participant(args) -> int:
     started = time.time()
     run_id = uuid.uuid4().hex
     print(f"strokeperf {__version__}: {len(records)} series from {bids_dir}", flush=True)
-    stale = other_code_caches(work_dir)
+    stale = other_code_caches(cache_root)
     if stale:
         print(f"  {work_dir / 'pydra'} also holds {len(stale)} cache(s) of other strokeperf code "
               f"({', '.join(p.name for p in stale)}); this run does not use them, and they can be "

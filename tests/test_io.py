@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -114,32 +115,43 @@ def test_pipeline_cache_is_keyed_on_the_code(tmp_path, monkeypatch):
 def test_caches_of_other_code_are_listed_for_the_user_to_delete(tmp_path):
     from strokeperf import cli
 
-    work = tmp_path / "work"
-    assert cli.other_code_caches(work) == []                       # no work directory yet
-    cli.pipeline_cache_root(work).mkdir(parents=True)
-    older = work / "pydra" / "0.0.9-0123456789ab"
+    ours = cli.pipeline_cache_root(tmp_path / "work")
+    assert cli.other_code_caches(ours) == []                       # no work directory yet
+    (ours / "slurm_scripts").mkdir(parents=True)                   # pydra's own, inside ours
+    (ours / ("python-" + "a" * 32)).mkdir()
+    older = ours.parent / "0.0.9-0123456789ab"
     older.mkdir()
-    (work / "pydra" / "notes").mkdir()                             # not a cache of ours
-    (work / "pydra" / "0.0.8-0123456789ab.txt").write_text("a file")
-    assert cli.other_code_caches(work) == [older]
+    (ours.parent / "notes").mkdir()                                # not a cache of strokeperf
+    (ours.parent / "0.0.8-0123456789ab").write_text("a file, not a cache")
+    (ours.parent / "0.0.7-0123456789abc").mkdir()                  # 13 hex digits
+    assert cli.other_code_caches(ours) == [older]
 
 
-def test_a_kept_session_s_step_files_are_found_only_in_this_code_s_cache(tmp_path):
-    """Benchmarks read a kept session's intermediate images; a run by other code must be named,
-    not silently read (they broke when the cache moved under the code's digest)."""
+def test_a_kept_session_s_step_files_come_from_this_code_s_cache(tmp_path, capsys):
+    """Benchmarks read a kept session's intermediate images (they broke when the cache moved
+    under the code's digest). Another code's file is read only when asked for, and then named."""
     from strokeperf import cli
 
     work = tmp_path / "work"
-    old = work / "pydra" / "0.0.1-000000000000" / "python-abc"
-    old.mkdir(parents=True)
-    (old / "delta_hu.nii").write_bytes(b"old code")
-    with pytest.raises(FileNotFoundError, match=r"expected one delta_hu.nii under .*pydra.*found 0"):
+    ours = cli.pipeline_cache_root(work)
+    with pytest.raises(FileNotFoundError, match=rf"no delta_hu\.nii under {re.escape(str(ours))} "):
         cli.finished_step_file(work, "delta_hu.nii")
-    step = cli.pipeline_cache_root(work) / "python-def"
-    step.mkdir(parents=True)
-    (step / "delta_hu.nii").write_bytes(b"this code")
-    assert cli.finished_step_file(work, "delta_hu.nii").read_bytes() == b"this code"
-    (cli.pipeline_cache_root(work) / "python-0ff").mkdir()
-    (cli.pipeline_cache_root(work) / "python-0ff" / "delta_hu.nii").write_bytes(b"second session")
-    with pytest.raises(FileNotFoundError, match="found 2"):
+    for n, code in enumerate(("0.0.1-000000000000", "0.0.2-000000000000")):
+        step = work / "pydra" / code / "python-abc"
+        step.mkdir(parents=True)
+        (step / "delta_hu.nii").write_bytes(code.encode())
+        os.utime(step / "delta_hu.nii", (n, n))                    # 0.0.2's is the newer
+    with pytest.raises(FileNotFoundError, match="2 in caches of other strokeperf code"):
         cli.finished_step_file(work, "delta_hu.nii")
+    newest = cli.finished_step_file(work, "delta_hu.nii", any_code=True)
+    assert newest.read_bytes() == b"0.0.2-000000000000"
+    assert str(newest) in capsys.readouterr().err
+
+    (ours / "python-def").mkdir(parents=True)
+    (ours / "python-def" / "delta_hu.nii").write_bytes(b"this code")
+    for any_code in (False, True):
+        assert cli.finished_step_file(work, "delta_hu.nii", any_code).read_bytes() == b"this code"
+    (ours / "python-0ff").mkdir()
+    (ours / "python-0ff" / "delta_hu.nii").write_bytes(b"second session")
+    with pytest.raises(FileNotFoundError, match="several sessions"):
+        cli.finished_step_file(work, "delta_hu.nii", any_code=True)
