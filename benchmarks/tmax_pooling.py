@@ -83,7 +83,8 @@ from threadpoolctl import threadpool_limits
 
 from strokeperf import lesions
 from strokeperf.cli import finished_step_file
-from strokeperf.concentration import FWHM_PER_SIGMA, denoise, noise_sd
+from strokeperf.concentration import denoise
+from strokeperf.timecurves import FWHM_PER_SIGMA, noise_sd
 from strokeperf.deconvolution import perfusion_maps
 from strokeperf.parametric import (DEFAULT_CHUNK_SIZE, NEIGHBOURHOOD_FWHM_MM,
                                    UNINFORMATIVE_TMAX_SD_S, ParametricDeconvolution)

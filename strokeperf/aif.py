@@ -70,9 +70,9 @@ import numpy as np
 from scipy import optimize, special
 
 from strokeperf import kinetics
-from strokeperf.concentration import (MIN_BASELINE_FRAMES, _smooth3, check_frame_times,
-                                      detect_bolus)
+from strokeperf.concentration import MIN_BASELINE_FRAMES, detect_bolus
 from strokeperf.errors import DataError, InputError
+from strokeperf.timecurves import check_frame_times, fwhm, smooth3
 
 #: Voxels averaged into the AIF. Mouridsen et al. 2006 average their final cluster of a few to
 #: ten voxels; more voxels lower the noise, fewer keep partial volume low.
@@ -261,21 +261,6 @@ def fit_first_pass(curve, times):
     return tuple(float(p) for p in params), float(np.clip(r2, 0.0, 1.0))
 
 
-def _fwhm(curve, t) -> float:
-    """Full width at half maximum (s) by linear interpolation of the two half-peak crossings."""
-    k = int(np.argmax(curve))
-    half = 0.5 * curve[k]
-    before = np.flatnonzero(curve[:k] < half)
-    after = np.flatnonzero(curve[k:] < half)
-    if before.size == 0 or after.size == 0:
-        return np.nan
-    i = int(before[-1])
-    j = k + int(after[0])
-    t_up = t[i] + (half - curve[i]) / (curve[i + 1] - curve[i]) * (t[i + 1] - t[i])
-    t_down = t[j - 1] + (curve[j - 1] - half) / (curve[j - 1] - curve[j]) * (t[j] - t[j - 1])
-    return float(t_down - t_up)
-
-
 def _curve_input_function(curve, t, voxels) -> InputFunction:
     """The InputFunction of one already averaged ``curve`` of ``voxels`` (K, 3)."""
     out = _input_function(np.asarray(curve, dtype=float)[None, :], np.array([0]), (1,), t)
@@ -288,7 +273,7 @@ def _input_function(flat, index, shape, t) -> InputFunction:
     voxels = np.column_stack(np.unravel_index(index, shape)).astype(int)
     k = int(np.argmax(curve))
     peak = float(curve[k])
-    smooth = _smooth3(curve)
+    smooth = smooth3(curve)
     complete = bool(np.any(smooth[k:] < COMPLETE_FRACTION * peak))
     params, r2 = fit_first_pass(curve, t)
     if params is not None and r2 >= MIN_FIT_R2:
@@ -298,7 +283,7 @@ def _input_function(flat, index, shape, t) -> InputFunction:
     timing = detect_bolus(curve, t)
     return InputFunction(
         curve=curve, times=t.copy(), voxels=voxels, peak=peak, arrival_s=float(timing.arrival_s),
-        ttp_s=float(t[k]), fwhm_s=_fwhm(curve, t), quality=r2, complete=complete,
+        ttp_s=float(t[k]), fwhm_s=fwhm(curve, t), quality=r2, complete=complete,
         first_pass_area=area,
     )
 
@@ -371,7 +356,7 @@ def _candidates_and_tissue(conc, frame_times, candidate_mask, exclude_mask):
     tissue_peak = float(np.max(tissue))
     if not tissue_peak > 0:
         raise DataError("no usable arterial input function: the brain does not enhance")
-    return flat, index, t, tissue_peak, float(t[np.argmax(_smooth3(tissue))])
+    return flat, index, t, tissue_peak, float(t[np.argmax(smooth3(tissue))])
 
 
 def _select_arterial(conc, frame_times, candidate_mask, n_voxels, exclude_mask,
@@ -559,7 +544,7 @@ def select_vof(conc, frame_times, candidate_mask, aif: InputFunction,
         return None
     tissue = _brain_curve(flat, index)
     tissue_peak = float(np.max(tissue))
-    tissue_ttp = float(t[np.argmax(_smooth3(tissue))])
+    tissue_ttp = float(t[np.argmax(smooth3(tissue))])
     peak, ttp, m1, width, rough, dip, area = _all_features(flat, index, t)
     ok = (peak >= VOF_MIN_PEAK_RATIO * tissue_peak) & (ttp > max(tissue_ttp, aif.ttp_s))
     ok &= (dip <= MAX_NEGATIVE_DIP) & np.isfinite(area)

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import optimize
 
 from strokeperf import kinetics
-from strokeperf.concentration import check_frame_times
+from strokeperf.timecurves import check_frame_times
 from strokeperf.errors import DataError
 from strokeperf.parametric import DELAY_RANGE_S, ParametricDeconvolution
 

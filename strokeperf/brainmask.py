@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from strokeperf.errors import DataError
+from strokeperf.timecurves import FWHM_PER_SIGMA
 
 #: HU above which a voxel is bone (cortical bone > 700 HU, trabecular > 150 HU; Muschelli 2015).
 BONE_HU = 150.0
@@ -147,7 +148,7 @@ def otsu_threshold(values, bins: int = OTSU_BINS) -> float:
 
 
 def _smooth_in_plane(image: np.ndarray, fwhm_mm: float, voxel_size_mm) -> np.ndarray:
-    sigma = [fwhm_mm / 2.3548 / v for v in voxel_size_mm[:2]] + [0.0]
+    sigma = [fwhm_mm / FWHM_PER_SIGMA / v for v in voxel_size_mm[:2]] + [0.0]
     return ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), sigma)
 
 
@@ -247,7 +248,7 @@ def mr_csf_mask(s0, brain_mask, voxel_size_mm, smoothing_mm: float = 2.0) -> np.
     brain = np.asarray(brain_mask, dtype=bool)
     if not brain.any():
         return np.zeros_like(brain)
-    sigma = [smoothing_mm / 2.3548 / v for v in voxel_size_mm[:2]] + [0.0]
+    sigma = [smoothing_mm / FWHM_PER_SIGMA / v for v in voxel_size_mm[:2]] + [0.0]
     weights = ndimage.gaussian_filter(brain.astype(np.float32), sigma)
     smooth = ndimage.gaussian_filter(np.where(brain, s0, 0).astype(np.float32), sigma)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -273,7 +274,7 @@ def ct_csf_mask(baseline_hu: np.ndarray, brain_mask: np.ndarray, voxel_size_mm,
     ``smoothing_mm`` (within the brain) keeps image noise from scattering CSF voxels through tissue.
     """
     brain = np.asarray(brain_mask, dtype=bool)
-    sigma = [smoothing_mm / 2.3548 / v for v in voxel_size_mm[:2]] + [0.0]
+    sigma = [smoothing_mm / FWHM_PER_SIGMA / v for v in voxel_size_mm[:2]] + [0.0]
     weights = ndimage.gaussian_filter(brain.astype(np.float32), sigma)
     smooth = ndimage.gaussian_filter(np.where(brain, baseline_hu, 0).astype(np.float32), sigma)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import integrate, ndimage
 
 from strokeperf.errors import DataError
+from strokeperf.timecurves import FWHM_PER_SIGMA, MAD_TO_SD, check_frame_times, noise_sd, smooth3
 
 #: Fewest frames a perfusion series can have and still show baseline, upslope, peak and downslope.
 MIN_FRAMES = 5
@@ -42,11 +43,6 @@ NOISE_MARGIN_SD = 3.0
 #: "few HU" at which oSVD Tmax stays within about 1 s of truth for dispersed boluses; about the
 #: 4-6 mm used by CTP software. Not yet tuned against lesion-edge blurring on the phantom.
 DENOISE_FWHM_MM = 5.0
-#: Largest grid step used when resampling irregular frames, seconds: the frame interval of
-#: standard CT perfusion protocols during the first pass (Wintermark et al. 2008).
-MAX_UNIFORM_DT_S = 1.0
-#: Ratio of a Gaussian's FWHM to its standard deviation, 2 sqrt(2 ln 2).
-FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 #: Leakage correction: voxels whose first-pass K2 lies more than this many robust SDs (1.4826 MAD,
 #: Rousseeuw & Croux 1993) from the median K2 are taken as enhancing (leaky) and left out of the
 #: reference curve of non-enhancing tissue in the second pass (Boxerman et al. 2006 average the
@@ -83,38 +79,6 @@ class BolusTiming:
     peak_s: float
     captured: bool
     reason: str = ""
-
-
-def check_frame_times(frame_times, n_frames: int | None = None) -> np.ndarray:
-    """Return frame times (s) as float64 after checking they are finite and strictly increasing."""
-    t = np.asarray(frame_times, dtype=float)
-    if t.ndim != 1:
-        raise DataError(f"frame times must be a 1D list, got shape {t.shape}")
-    if n_frames is not None and t.size != n_frames:
-        raise DataError(f"{t.size} frame times for {n_frames} frames")
-    if not np.all(np.isfinite(t)):
-        raise DataError("frame times contain NaN or infinite values")
-    if t.size > 1 and np.any(np.diff(t) <= 0):
-        raise DataError("frame times are not strictly increasing")
-    return t
-
-
-def noise_sd(curves, axis: int = -1) -> np.ndarray:
-    """Robust noise standard deviation of curves from their first differences.
-
-    Median absolute deviation of the frame-to-frame differences, divided by sqrt(2) (white noise)
-    and scaled to a Gaussian SD by 1.4826 (Rousseeuw & Croux 1993, J Am Stat Assoc 88:1273). The
-    bolus occupies few differences, so the median ignores it.
-    """
-    d = np.diff(np.asarray(curves, dtype=float), axis=axis)
-    mad = np.median(np.abs(d - np.median(d, axis=axis, keepdims=True)), axis=axis)
-    return 1.4826 * mad / np.sqrt(2.0)
-
-
-def _smooth3(y: np.ndarray) -> np.ndarray:
-    """Three-frame moving average along the last axis, edges replicated (keeps the length)."""
-    padded = np.concatenate([y[..., :1], y, y[..., -1:]], axis=-1)
-    return (padded[..., :-2] + padded[..., 1:-1] + padded[..., 2:]) / 3.0
 
 
 def detect_bolus(curve, frame_times) -> BolusTiming:
@@ -161,7 +125,7 @@ def detect_bolus(curve, frame_times) -> BolusTiming:
     # A noise-free curve has sd 0; keep a floor at the float resolution of its values.
     sd = max(sd, 1e-9 * (float(np.max(np.abs(y))) + 1.0))
     sd_smooth = sd / np.sqrt(3.0)
-    ys = _smooth3(y)
+    ys = smooth3(y)
     i_peak = int(np.argmax(ys))
     base = float(np.min(ys[: i_peak + 1]))
     rise = float(ys[i_peak]) - base
@@ -349,7 +313,7 @@ def correct_leakage(delta_r2s, frame_times, mask, reference_mask=None):
         pinv = np.linalg.pinv(design)
         k_ref = _fit_leakage(flat, ref_index, pinv)[:, 1]
         centre = np.median(k_ref)
-        spread = 1.4826 * np.median(np.abs(k_ref - centre))
+        spread = MAD_TO_SD * np.median(np.abs(k_ref - centre))
         keep = np.abs(k_ref - centre) <= LEAKAGE_OUTLIER_SD * spread if spread > 0 else keep
         if not keep.any():
             keep = np.ones(ref_index.size, dtype=bool)
@@ -411,41 +375,3 @@ def denoise(conc, mask, voxel_size_mm, fwhm_mm: float = DENOISE_FWHM_MM) -> np.n
         smoothed = ndimage.gaussian_filter(frame, sigma_vox, mode="constant")
         out[..., k] = smoothed * inv_norm
     return out
-
-
-def resample_uniform(curves, frame_times, dt: float | None = None):
-    """Linearly interpolate irregularly sampled curves onto a uniform time grid.
-
-    The grid starts at the first frame and never goes beyond the last (no extrapolation).
-
-    Parameters
-    ----------
-    curves : ndarray, shape (..., T)
-    frame_times : array_like, shape (T,)
-        Seconds, strictly increasing.
-    dt : float, optional
-        Grid step in seconds; default the smallest frame interval, at most ``MAX_UNIFORM_DT_S``.
-
-    Returns
-    -------
-    curves_uniform : ndarray, shape (..., T_uniform), float64 (float32 input stays float32)
-    times_uniform : ndarray, shape (T_uniform,), seconds on the scan clock
-    """
-    curves = np.asarray(curves)
-    t = check_frame_times(frame_times, curves.shape[-1])
-    if t.size < 2:
-        raise DataError("resampling needs at least 2 frames")
-    if dt is None:
-        dt = min(float(np.min(np.diff(t))), MAX_UNIFORM_DT_S)
-    dt = float(dt)
-    if not dt > 0:
-        raise DataError(f"grid step must be positive, got {dt}")
-    n = int(np.floor((t[-1] - t[0]) / dt + 1e-9)) + 1
-    tu = t[0] + dt * np.arange(n)
-    right = np.clip(np.searchsorted(t, tu, side="right"), 1, t.size - 1)
-    left = right - 1
-    w = (tu - t[left]) / (t[right] - t[left])
-    dtype = np.float32 if curves.dtype == np.float32 else np.float64
-    w = w.astype(dtype)
-    out = curves[..., left] * (1 - w) + curves[..., right] * w
-    return out.astype(dtype, copy=False), tu

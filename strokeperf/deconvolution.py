@@ -46,7 +46,7 @@ from scipy.linalg.blas import sgemm
 from threadpoolctl import threadpool_limits
 
 from strokeperf import kinetics
-from strokeperf.concentration import check_frame_times, resample_uniform
+from strokeperf.timecurves import check_frame_times, parabolic_offset, resample_uniform
 from strokeperf.errors import DataError
 
 #: Oscillation index target of oSVD (Wu et al. 2003, Magn Reson Med 50:164, value for their
@@ -104,14 +104,6 @@ UNIFORM_RTOL = 1e-3
 def _is_uniform(t: np.ndarray) -> bool:
     d = np.diff(t)
     return bool(np.all(np.abs(d - d[0]) <= UNIFORM_RTOL * d[0]))
-
-
-def parabolic_offset(y_prev, y_peak, y_next):
-    """Sub-sample offset in [-0.5, 0.5] of the vertex of the parabola through three samples."""
-    denom = y_prev - 2.0 * y_peak + y_next
-    with np.errstate(divide="ignore", invalid="ignore"):
-        off = np.where(denom < 0, 0.5 * (y_prev - y_next) / denom, 0.0)
-    return np.clip(off, -0.5, 0.5)
 
 
 def _trapezoid_uniform(y, dt):

@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from strokeperf import brainmask, lesions
 from strokeperf.errors import DataError
+from strokeperf.timecurves import MAD_TO_SD
 
 #: b-values below this (s/mm^2) count as b = 0 (scanners write small nominal values for the b = 0
 #: image; the same cut as strokeperf.inputs.B0_THRESHOLD_S_PER_MM2).
@@ -152,7 +153,7 @@ def _adc_noise_sd(adc: np.ndarray, filtered: np.ndarray, valid: np.ndarray) -> f
     if not tissue.any():
         return 0.0
     resid = (adc - filtered)[tissue]
-    return 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    return MAD_TO_SD * float(np.median(np.abs(resid - np.median(resid))))
 
 
 def adc_core(adc, brain_mask, voxel_size_mm, threshold: float = lesions.CORE_ADC_THRESHOLD,

@@ -80,8 +80,7 @@ import numpy as np
 from scipy import ndimage
 
 from strokeperf import kinetics
-from strokeperf.concentration import FWHM_PER_SIGMA, check_frame_times
-from strokeperf.deconvolution import parabolic_offset
+from strokeperf.timecurves import FWHM_PER_SIGMA, check_frame_times, parabolic_offset, time_to_peak
 from strokeperf.errors import DataError
 
 #: Candidate delays, s: from tissue slightly ahead of the AIF (the AIF is sampled in a large artery
@@ -521,7 +520,7 @@ class ParametricDeconvolution:
                          *(np.concatenate([k[i] for k in kept]) if kept
                            else np.zeros((0, b), np.float32) for i in (1, 2, 3, 4)))
         return ParametricFit(self, flow, tmax, volume, area / self.aif_area,
-                             _ttp(data, self.frame_times), tmax_sd, tmax_bins)
+                             time_to_peak(data, self.frame_times), tmax_sd, tmax_bins)
 
 
 #: A voxel whose posterior SD of Tmax exceeds this, s, is uninformative: its curve alone cannot
@@ -708,17 +707,6 @@ def dispersion_weights(dispersions_s) -> np.ndarray:
         return np.ones(1)
     mid = 0.5 * (grid[1:] + grid[:-1])
     return np.r_[mid, grid[-1]] - np.r_[grid[0], mid]
-
-
-def _ttp(curves: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Time of each curve's maximum from the first frame, s (parabola through the peak sample)."""
-    k = np.argmax(curves, axis=1)
-    rows = np.arange(curves.shape[0])
-    inner = (k > 0) & (k < t.size - 1)
-    kp, kn = np.maximum(k - 1, 0), np.minimum(k + 1, t.size - 1)
-    off = np.where(inner, parabolic_offset(curves[rows, kp], curves[rows, k], curves[rows, kn]), 0.0)
-    step = np.where(off >= 0, t[kn] - t[k], t[k] - t[kp])
-    return t[k] - t[0] + off * step
 
 
 class ParametricFit:

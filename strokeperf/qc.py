@@ -23,11 +23,12 @@ Rules (the constants below carry the sources):
 from __future__ import annotations
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 
-from strokeperf.aif import COMPLETE_FRACTION, MIN_FIT_R2, _fwhm
-from strokeperf.concentration import (DENOISE_FWHM_MM, ENHANCEMENT_SNR, _smooth3, detect_bolus,
-                                      noise_sd)
+from strokeperf.aif import COMPLETE_FRACTION, MIN_FIT_R2
+from strokeperf.concentration import DENOISE_FWHM_MM, ENHANCEMENT_SNR, detect_bolus
 from strokeperf.lesions import MIN_CLUSTER_ML, voxel_volume_ml
+from strokeperf.timecurves import fwhm, noise_sd, smooth3
 
 #: Largest framewise displacement tolerated, as a fraction of the smallest voxel edge. A shift of
 #: half a voxel mixes each voxel's time curve half with its neighbour's (at a vessel or lesion edge
@@ -81,14 +82,9 @@ QC_FLAG_RULES = {
 QC_FLAGS = tuple(QC_FLAG_RULES)
 
 
-def voxel_size_mm(affine) -> np.ndarray:
-    """Voxel edge lengths (mm) from a 4x4 affine."""
-    return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
-
-
 def _rise(curve) -> tuple[float, int]:
     """Enhancement (peak minus pre-peak minimum) of the 3-frame-smoothed curve and its peak index."""
-    y = _smooth3(np.asarray(curve, dtype=float))
+    y = smooth3(np.asarray(curve, dtype=float))
     k = int(np.argmax(y))
     return float(y[k] - np.min(y[: k + 1])), k
 
@@ -124,7 +120,7 @@ def curve_returns(curve, fraction=TISSUE_RETURN_FRACTION) -> bool:
 
     A curve without enhancement (flat) counts as returned: there is nothing to truncate.
     """
-    y = _smooth3(np.asarray(curve, dtype=float))
+    y = smooth3(np.asarray(curve, dtype=float))
     k = int(np.argmax(y))
     base = float(np.min(y[: k + 1]))
     rise = float(y[k]) - base
@@ -172,8 +168,8 @@ def aif_problems(frame_times, aif_curve, tissue_curve, aif_quality=None,
     c = np.asarray(tissue_curve, dtype=float)
     problems = []
     a_timing, c_timing = detect_bolus(a, t), detect_bolus(c, t)
-    a_ttp = float(t[int(np.argmax(_smooth3(a)))])
-    c_ttp = float(t[int(np.argmax(_smooth3(c)))])
+    a_ttp = float(t[int(np.argmax(smooth3(a)))])
+    c_ttp = float(t[int(np.argmax(smooth3(c)))])
     late = a_ttp >= c_ttp or not curve_returns(a)
     if np.isfinite(a_timing.arrival_s) and np.isfinite(c_timing.arrival_s):
         late |= a_timing.arrival_s >= c_timing.arrival_s
@@ -183,7 +179,7 @@ def aif_problems(frame_times, aif_curve, tissue_curve, aif_quality=None,
     c_rise, _ = _rise(c)
     if a_rise < low_ratio * c_rise:
         problems.append("low")
-    a_width, c_width = _fwhm(_smooth3(a), t), _fwhm(_smooth3(c), t)
+    a_width, c_width = fwhm(smooth3(a), t), fwhm(smooth3(c), t)
     if np.isfinite(a_width) and np.isfinite(c_width) and a_width >= c_width:
         problems.append("broad")
     if aif_quality is not None and np.isfinite(aif_quality) and aif_quality < MIN_FIT_R2:
@@ -210,7 +206,7 @@ def no_vof(vof_curve, vof_complete=None) -> bool:
 def voxel_noise_sd(conc, mask, max_voxels: int = NOISE_SAMPLE_VOXELS) -> float:
     """Median temporal noise SD of single voxels in ``mask`` of a 4D concentration ``(X, Y, Z, T)``.
 
-    Per voxel the robust frame-difference estimate :func:`strokeperf.concentration.noise_sd`; at most
+    Per voxel the robust frame-difference estimate :func:`strokeperf.timecurves.noise_sd`; at most
     ``max_voxels`` voxels, evenly spaced through the mask, are used. NaN for an empty mask.
     """
     index = np.flatnonzero(np.asarray(mask, dtype=bool))
@@ -272,7 +268,7 @@ def bilateral_deficit(lesion_mask, brain_mask, affine, band_mm=MIDLINE_BAND_MM,
     row = affine[0, :3]
     midline = float(np.mean(np.argwhere(brain) @ row)) + affine[0, 3]
     dx = np.argwhere(lesion) @ row + affine[0, 3] - midline
-    vox_ml = voxel_volume_ml(voxel_size_mm(affine))
+    vox_ml = voxel_volume_ml(voxel_sizes(affine))
     right = np.count_nonzero(dx > band_mm) * vox_ml
     left = np.count_nonzero(dx < -band_mm) * vox_ml
     minority = min(left, right)
@@ -309,7 +305,7 @@ def compute_qc_flags(*, frame_times, tissue_curve, input_functions: dict, brain_
     framewise_displacement : array_like (T,), optional
         mm per frame; without it ``motion`` is not evaluated.
     """
-    vs = voxel_size_mm(affine)
+    vs = voxel_sizes(affine)
     vof = input_functions.get("vof")
     vof_complete = input_functions.get("vof_complete")
     raised = {

@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from strokeperf.errors import DataError  # noqa: E402
+from strokeperf.timecurves import MAD_TO_SD  # noqa: E402
 
 #: RAS+ (nibabel) to LPS+ (ITK/ANTs) world coordinates; its own inverse.
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -59,7 +60,7 @@ EXCLUDE_THROUGH_PLANE_SLICE_FRACTION = 0.5
 #: error predicted for a static head exceeds this many noise SDs: below one SD the error is no larger
 #: than the noise every method already tolerates; above it, it is systematic (the same sign over a
 #: whole edge) and spatial denoising cannot average it out. CTP Tmax > 6 s volumes moved by less
-#: than 1 % between 0.5, 1 and 2 SD on the phantom (tests/test_motion_pipeline.py, seed 71).
+#: than 1 % between 0.5, 1 and 2 SD on the phantom (tests/pipeline/test_motion_pipeline.py, seed 71).
 CENSOR_NOISE_SD = 1.0
 #: Voxels per chunk of the censoring median and interpolation: a dozen (chunk, T) work arrays, about
 #: 50 MB for 45 frames.
@@ -85,7 +86,7 @@ COREGISTER_METRIC_POINTS = 40000
 #: motion of a head converges within). Measured on the synthetic whole-brain series of
 #: benchmarks/registration.py (2 mm / 2 degrees): mean brain displacement error 0.013 mm (max 0.06)
 #: at 0.52 s per frame, the same as with 100x20 iterations at 0.66 s. Half resolution alone (one
-#: level) is faster still but leaves DSC frames 0.34 mm off (tests/test_mr.py).
+#: level) is faster still but leaves DSC frames 0.34 mm off (tests/unit/test_mr.py).
 MOTION_SCHEDULE = ((2, 1), (1.0, 0.0), (40, 10))
 #: Schedule of inter-scan coregistration: four levels from 1/8 resolution capture rotations up to
 #: 10-15 degrees and shifts of centimetres (ANTs' default rigid schedule with fewer iterations).
@@ -492,7 +493,7 @@ def robust_noise_sd(series, mask=None, max_voxels: int = 100000) -> float:
     flat = data.reshape(-1, data.shape[3])
     values = flat[where].astype(np.float32)
     diffs = np.abs(np.diff(values, axis=1))
-    return float(1.4826 * np.median(diffs) / np.sqrt(2.0))
+    return float(MAD_TO_SD * np.median(diffs) / np.sqrt(2.0))
 
 
 def resampling_error(static_image, affine, transform) -> np.ndarray:

@@ -32,6 +32,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from nibabel.affines import voxel_sizes
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -411,7 +412,7 @@ def _layout(m: _Modality):
     lesion = m.array("tmax6_mask") if m.has("tmax6_mask") else None
     slices = montage_slices(brain, lesion)
     crop = brain_crop(brain)
-    vs = np.sqrt((m.affine[:3, :3] ** 2).sum(axis=0))
+    vs = voxel_sizes(m.affine)
     aspect = float(vs[1] / vs[0])
     z_mm = [float((m.affine @ np.array([0, 0, k, 1.0]))[2]) for k in slices]
     labels = [f"z = {z:.0f} mm" for z in z_mm]
@@ -487,7 +488,7 @@ def _voxel_panel(ax, m: _Modality, mask_stem: str, color: str, title: str) -> No
     k = int(np.argmax(mask.sum(axis=(0, 1))))
     crop = brain_crop(brain | mask)
     bg, window = _background(m, brain | mask)
-    vs = np.sqrt((m.affine[:3, :3] ** 2).sum(axis=0))
+    vs = voxel_sizes(m.affine)
     ax.imshow(grey_rgb(_display(bg[crop[0], crop[1], k]), window, BACKGROUND_GREY_RANGE),
               aspect=vs[1] / vs[0],
               interpolation="nearest")
@@ -727,7 +728,7 @@ def _motion_html(m: _Modality) -> str:
     ts = m.table("timeseries.tsv")
     if ts.exists():
         times = pd.read_csv(ts, sep="\t", na_values=[NA])["time"].to_numpy(float)
-    vs = np.sqrt((m.affine[:3, :3] ** 2).sum(axis=0))
+    vs = voxel_sizes(m.affine)
     limit = MOTION_VOXEL_FRACTION * float(vs.min())
     peak = np.nanmax(fd) if np.isfinite(fd).any() else float("nan")
     return (f"<h3>Head motion</h3>{_img(motion_figure(fd, times, limit), f'{m.mod} motion trace')}"

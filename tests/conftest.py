@@ -13,6 +13,15 @@ sys.path.insert(0, str(Path(__file__).parent / "cluster"))
 from fixtures import slurm_cluster  # noqa: E402,F401  (a real one-node SLURM cluster, session scope)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Everything under ``tests/pipeline/`` runs the whole pipeline on phantom data: mark it slow, so
+    that ``pytest -m "not slow"`` is the quick run."""
+    pipeline = Path(__file__).parent / "pipeline"
+    for item in items:
+        if pipeline in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
+
+
 def make_phantom(out_dir: Path, participant: str, modalities=("ctp",), **options) -> Path:
     """Generate one phantom participant into ``out_dir`` (appending to an existing dataset)."""
     from strokeperf.phantom import PhantomConfig, generate_dataset

@@ -80,8 +80,3 @@ def save_array(name: str, data: np.ndarray, affine: np.ndarray, dtype=np.float32
     path = Path.cwd() / name
     nib.save(img, path)
     return path
-
-
-def voxel_size(affine: np.ndarray) -> np.ndarray:
-    """Voxel edge lengths in mm from an affine."""
-    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))

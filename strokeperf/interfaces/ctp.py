@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 from fileformats.generic import File
+from nibabel.affines import voxel_sizes
 from pydra.compose import python
 from scipy import ndimage
 
@@ -19,7 +20,7 @@ from strokeperf import aif as aif_stage
 from strokeperf import brainmask, concentration, deconvolution, lesions, profiles, qc
 from strokeperf.errors import DataError, InputError
 from strokeperf.inputs import Session, load_perfusion
-from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array, voxel_size
+from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array
 
 #: Margin around the brain searched for the venous sinus and large arteries, mm: the superior
 #: sagittal sinus lies between the brain surface and the inner table of the skull.
@@ -42,7 +43,7 @@ def load_ctp(session: dict, frame_interval: float | None = None) -> tuple[File, 
 def ct_masks(session: dict, ctp_file: File, frame_times: list) -> tuple[File, File, File, dict]:
     """Brain, CSF and vessel-search masks, and the bolus timing of the whole-brain curve."""
     hu, affine = load_array(ctp_file)
-    vs = voxel_size(affine)
+    vs = voxel_sizes(affine)
     times = np.asarray(frame_times, dtype=float)
     try:
         # The temporal median is unenhanced nearly everywhere: arteries enhance in a few frames only.
@@ -77,7 +78,7 @@ def ct_concentration(session: dict, ctp_file: File, frame_times: list, bolus: di
     delta_hu = concentration.ct_concentration(hu, frame_times, bolus["baseline_end"], mask=search)
     del hu
     raw = save_array("delta_hu.nii", np.where(search[..., None], delta_hu, 0), affine)
-    tissue = concentration.denoise(delta_hu, brain, voxel_size(affine), fwhm_mm=denoise_fwhm_mm)
+    tissue = concentration.denoise(delta_hu, brain, voxel_sizes(affine), fwhm_mm=denoise_fwhm_mm)
     return raw, save_array("delta_hu_denoised.nii", tissue, affine)
 
 
@@ -188,7 +189,7 @@ def deconvolve(session: dict, concentration_file: File, brain_mask: File, input_
     unsmoothed = load_array(unsmoothed_concentration_file)[0] if method == "parametric" else None
     maps = deconvolution.perfusion_maps(conc, brain, np.asarray(record["aif_scaled"]),
                                         np.asarray(frame_times, dtype=float), method=method,
-                                        voxel_size_mm=voxel_size(affine),
+                                        voxel_size_mm=voxel_sizes(affine),
                                         unsmoothed=unsmoothed, **options)
     return [save_array(f"{name}.nii", maps[name], affine) for name in ("cbf", "cbv", "mtt", "tmax",
                                                                          "ttp")]
@@ -249,7 +250,7 @@ def hypoperfusion(session: dict, perfusion_maps: list, brain_mask, csf_mask, tma
     cbv, _ = load_array(maps["cbv"])
     tmax, _ = load_array(maps["tmax"])
     brain, csf = load_mask(brain_mask), load_mask(csf_mask)
-    vs = voxel_size(affine)
+    vs = voxel_sizes(affine)
     tissue = lesions.tissue_mask(brain, csf, cbv, vessel_cbv=vessel_cbv)
     reference = lesions.reference_mask(tissue, tmax)
     try:

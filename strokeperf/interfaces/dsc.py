@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from fileformats.generic import File
+from nibabel.affines import voxel_sizes
 from pydra.compose import python
 
 from strokeperf import aif as aif_stage
@@ -17,7 +18,7 @@ from strokeperf import aif_reconstruction, brainmask, concentration, diffusion, 
 from strokeperf.errors import DataError, InputError
 from strokeperf.inputs import (Session, check_diffusion_inputs, load_adc, load_dwi,
                                load_perfusion)
-from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array, voxel_size
+from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array
 from strokeperf.interfaces.ctp import (VESSEL_SEARCH_MARGIN_MM, curves_and_qc, hypoperfusion,
                                        session_results, user_aif, write_input_functions)
 
@@ -52,7 +53,7 @@ def mr_masks(session: dict, dsc_file: File, frame_times: list,
     median are left out (no usable signal).
     """
     signal, affine = load_array(dsc_file)
-    vs = voxel_size(affine)
+    vs = voxel_sizes(affine)
     times = np.asarray(frame_times, dtype=float)
     try:
         outline = brainmask.mr_brain_mask(np.median(signal, axis=3), vs)
@@ -98,7 +99,7 @@ def dsc_concentration(session: dict, dsc_file: File, frame_times: list, echo_tim
                                                    reference_mask=brain & ~csf)
         except DataError as exc:
             raise InputError(_source(session), str(exc)) from exc
-    tissue = concentration.denoise(dr2, brain, voxel_size(affine), fwhm_mm=denoise_fwhm_mm)
+    tissue = concentration.denoise(dr2, brain, voxel_sizes(affine), fwhm_mm=denoise_fwhm_mm)
     return raw, save_array("delta_r2s_denoised.nii", tissue, affine)
 
 
@@ -176,7 +177,7 @@ def load_diffusion(session: dict) -> dict:
         dwi, affine, bvals, _ = load_dwi(s)
         try:
             b0 = diffusion.mean_b0(dwi, bvals)
-            brain = diffusion.dwi_brain_mask(dwi, bvals, voxel_size(affine))
+            brain = diffusion.dwi_brain_mask(dwi, bvals, voxel_sizes(affine))
         except DataError as exc:
             raise InputError(s.dwi_file, str(exc)) from exc
     if s.adc_file is not None:
@@ -214,7 +215,7 @@ def diffusion_core(session: dict, diffusion_record: dict, perfusion_image: File,
     adc, affine = load_array(record["adc"])
     brain = load_mask(record["brain_mask"])
     b0 = None if record.get("b0") is None else load_array(record["b0"])[0]
-    vs = voxel_size(affine)
+    vs = voxel_sizes(affine)
     try:
         core = diffusion.adc_core(adc, brain, vs, threshold=core_adc, b0=b0,
                                   min_cluster_ml=min_cluster_ml)

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 from scipy import interpolate, ndimage, spatial
 
 # --- Head model (thicknesses in mm; HU from typical unenhanced CT values) ---------------------------
@@ -79,7 +80,7 @@ class Grid:
     @property
     def voxel_size(self) -> np.ndarray:
         """Voxel edge lengths in mm."""
-        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        return voxel_sizes(self.affine)
 
     @property
     def voxel_volume_ml(self) -> float:

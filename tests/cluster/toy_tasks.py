@@ -1,4 +1,4 @@
-"""Tiny pydra tasks for the SLURM worker tests (tests/test_slurm.py).
+"""Tiny pydra tasks for the SLURM worker tests (tests/pipeline/test_slurm.py).
 
 They live in an importable module, not in the test file: the slurm worker pickles each task and a
 fresh interpreter on the compute node must import the functions by name (so this folder has to be

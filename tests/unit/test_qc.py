@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nibabel.affines import voxel_sizes
 
 from strokeperf import qc
 from strokeperf.kinetics import gamma_variate
@@ -237,7 +238,7 @@ def _phantom_inputs(bids: Path, participant: str) -> dict:
     brain = tissue | mask("csf")
     timing = concentration.detect_bolus(hu[brain].mean(axis=0), t)
     conc = concentration.ct_concentration(hu, t, max(timing.baseline_end, 1), mask=brain)
-    conc = concentration.denoise(conc, brain, qc.voxel_size_mm(img.affine))
+    conc = concentration.denoise(conc, brain, voxel_sizes(img.affine))
     normal = tissue & ~mask("tmax4")
     return {"t": t, "affine": img.affine, "brain": brain, "hyp": hyp,
             "normal_curve": conc[normal].mean(axis=0),
@@ -263,7 +264,7 @@ def test_phantom_clean_case_raises_no_acquisition_flag(phantom_cases):
     c = phantom_cases["clean"]
     assert not qc.low_snr(c["normal_curve"], c["noise"])
     assert not qc.limited_coverage(c["brain"])
-    assert not qc.lesion_at_slab_edge(c["hyp"], qc.voxel_size_mm(c["affine"]))
+    assert not qc.lesion_at_slab_edge(c["hyp"], voxel_sizes(c["affine"]))
     assert not qc.truncated_bolus(c["t"], c["normal_curve"], c["hyp_curve"])
     assert not qc.bilateral_deficit(c["hyp"], c["brain"], c["affine"])
 
@@ -276,7 +277,7 @@ def test_phantom_noisy_case_is_low_snr(phantom_cases):
 def test_phantom_slab_has_limited_coverage_and_lesion_at_edge(phantom_cases):
     c = phantom_cases["slab"]
     assert qc.limited_coverage(c["brain"])
-    assert qc.lesion_at_slab_edge(c["hyp"], qc.voxel_size_mm(c["affine"]))
+    assert qc.lesion_at_slab_edge(c["hyp"], voxel_sizes(c["affine"]))
 
 
 def test_phantom_short_scan_is_truncated(phantom_cases):

@@ -20,7 +20,7 @@ import pytest
 
 from strokeperf.deconvolution import METHODS
 
-OSIPI_DIR = Path(__file__).resolve().parents[2] / "shared" / "external" / "osipi_dsc"
+OSIPI_DIR = Path(__file__).resolve().parents[3] / "shared" / "external" / "osipi_dsc"
 #: (atol, rtol) of the OSIPI collection (test/DSCmodels/DSCmodels_data.py).
 CBF_TOLERANCE = (15.0, 0.1)   # mL/100 mL/min
 CBV_TOLERANCE = (1.0, 0.1)    # mL/100 mL

@@ -25,11 +25,11 @@ from strokeperf.cli import main
 from strokeperf.lesion_frequency import TEMPLATE_SPACE, frequency_name, template_mask_name
 from strokeperf.phantom import PhantomConfig, generate_dataset, read_truth
 
-sys.path.insert(0, str(Path(__file__).with_name("browser")))
+sys.path.insert(0, str(Path(__file__).parents[1] / "browser"))
 
 import cdp  # noqa: E402
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 VOXEL_MM = (3.0, 3.0, 5.0)
 #: participant -> (modality, phantom options)
 CASES = {

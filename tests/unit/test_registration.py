@@ -1,7 +1,7 @@
 """Registration: LPS/RAS conversion, rigid parameters, motion correction, coregistration, mask
 resampling and template normalisation, on synthetic heads with known displacement.
 
-The synthetic head (also used by tests/test_mr.py and benchmarks/registration.py): the ICBM152
+The synthetic head (also used by tests/unit/test_mr.py and benchmarks/registration.py): the ICBM152
 2009a GM/WM maps shipped with nilearn, wrapped in extra-axial CSF, skull and scalp, sampled on any
 grid after any rigid displacement, as CT (HU) or T2*-weighted EPI (arbitrary units).
 """

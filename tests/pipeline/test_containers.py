@@ -19,7 +19,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS = ROOT / "containers"
 DOCKERFILE = CONTAINERS / "Dockerfile"
 DEFFILE = CONTAINERS / "strokeperf.def"

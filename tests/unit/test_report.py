@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).with_name("browser")))
+sys.path.insert(0, str(Path(__file__).parents[1] / "browser"))
 
 import cdp  # noqa: E402
 import synthetic  # noqa: E402
@@ -27,7 +27,7 @@ from strokeperf import __version__, io, report, tables  # noqa: E402
 from strokeperf.profiles import PROFILE_NAMES  # noqa: E402
 from strokeperf.qc import QC_FLAG_RULES  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 SHOWN_COLUMNS = [c for c, _, _ in report.SUMMARY_COLUMNS] + list(PROFILE_NAMES) + ["qc_flags", "status"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

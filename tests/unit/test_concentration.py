@@ -12,9 +12,9 @@ from strokeperf.concentration import (
     detect_bolus,
     dsc_concentration,
     require_bolus,
-    resample_uniform,
 )
 from strokeperf.errors import DataError
+from strokeperf.timecurves import resample_uniform
 
 IRREGULAR = np.concatenate([np.arange(0.0, 30.0, 1.0), np.arange(30.0, 70.0, 2.5)])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-CLUSTER_DIR = Path(__file__).resolve().parent / "cluster"
+CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
 sys.path.insert(0, str(CLUSTER_DIR))
 
 import fixtures  # noqa: E402

@@ -1,5 +1,5 @@
 """DSC-MRI rules: EPI brain and CSF masks, leakage correction, MR AIF selection; on synthetic data
-with known truth (the synthetic head of tests/test_registration.py)."""
+with known truth (the synthetic head of tests/unit/test_registration.py)."""
 
 from __future__ import annotations
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).with_name("browser")))
+sys.path.insert(0, str(Path(__file__).parents[1] / "browser"))
 
 import cdp  # noqa: E402
 
 from strokeperf.cli import main  # noqa: E402
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
