@@ -39,8 +39,8 @@ AIF_THRESHOLDS_S = (4.0, 6.0, 10.0)
 
 def aif_check(bids: Path, work: Path, label: str) -> dict:
     """Voxel-wise Tmax volumes (mL) with the pipeline's and the true AIF, and the truth."""
-    from strokeperf.cli import finished_step_file
-    from strokeperf.parametric import ParametricDeconvolution
+    from strokeperf.cli.cache import finished_step_file
+    from strokeperf.deconvolution.parametric import ParametricDeconvolution
 
     truth_dir = bids / "truth"
     meta = json.loads((truth_dir / f"sub-{label}_truth.json").read_text())["modalities"]["dsc"]

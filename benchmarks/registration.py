@@ -28,18 +28,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=45)
     parser.add_argument("--threads", type=int, default=None,
-                        help="ITK threads (default: all cores)")
+                        help="ITK threads (default: strokeperf's, 1, for reproducible results)")
     args = parser.parse_args(argv)
-    if args.threads:
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO / "tests" / "unit"))
     import numpy as np
 
-    from strokeperf import registration as reg
-    from test_registration import CT_HU, brain_mask, ct_series, head_image, random_motions
+    from strokeperf.registration import ants as reg_ants
+    from strokeperf.registration import motion as reg_motion
+    from strokeperf.registration import resampling, template
+    from test_registration import (CT_HU, brain_mask, ct_series, head_image, random_motions,
+                                   rigid_matrix)
 
-    print(f"cores {os.cpu_count()}, ITK threads "
-          f"{os.environ.get('ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS')}")
+    if args.threads:
+        os.environ[reg_ants.ITK_THREADS_ENV] = str(args.threads)
+    reg_ants.import_ants()  # ITK reads its thread count now
+    print(f"cores {os.cpu_count()}, ITK threads {os.environ.get(reg_ants.ITK_THREADS_ENV)}")
     shape, vs = (120, 144, 30), (1.5, 1.5, 5.0)
     rng = np.random.default_rng(0)
     params, motions = random_motions(args.frames, rng, mm=2.0, deg=2.0, fraction=0.4)
@@ -49,10 +52,11 @@ def main(argv=None) -> int:
           f" peak RSS {peak_rss_mb():.0f} MB")
 
     t0 = time.perf_counter()
-    mc = reg.motion_correct(series, affine, reference=0)
+    mc = reg_motion.motion_correct(series, affine, reference=0)
     elapsed = time.perf_counter() - t0
-    points = reg.world_points(brain_mask(shape, affine), affine)
-    err = [reg.mean_displacement(np.linalg.inv(a) @ b, points) for a, b in zip(mc.transforms, motions)]
+    points = resampling.world_points(brain_mask(shape, affine), affine)
+    err = [reg_motion.mean_displacement(np.linalg.inv(a) @ b, points)
+           for a, b in zip(mc.transforms, motions)]
     print(f"motion correction: {elapsed:.1f} s ({elapsed / args.frames:.2f} s/frame); "
           f"max |param error| {np.abs(mc.params - params)[:, :3].max():.2f} mm, "
           f"{np.abs(mc.params - params)[:, 3:].max():.2f} deg; brain displacement error mean "
@@ -62,8 +66,8 @@ def main(argv=None) -> int:
     keep = ~mc.excluded
     corrected = mc.corrected[..., keep]
     t0 = time.perf_counter()
-    censoring = reg.censor_resampling_errors(corrected, mc.transforms[keep], affine,
-                                             np.arange(args.frames)[keep] * 1.5)
+    censoring = reg_motion.censor_resampling_errors(corrected, mc.transforms[keep], affine,
+                                                    np.arange(args.frames)[keep] * 1.5)
     elapsed = time.perf_counter() - t0
     brain = brain_mask(shape, affine)
     print(f"censoring of resampling errors: {elapsed:.1f} s; noise SD {censoring.noise_sd:.1f} HU; "
@@ -71,19 +75,18 @@ def main(argv=None) -> int:
           f"{np.mean(censoring.counts[brain] > 0):.1%} of brain voxels in at least one frame; "
           f"peak RSS {peak_rss_mb():.0f} MB")
 
-    motion = reg.rigid_matrix([6.0, -8.0, 4.0, 8.0, -5.0, 10.0]) @ np.diag([1.08, 0.94, 1.05, 1])
+    motion = rigid_matrix([6.0, -8.0, 4.0, 8.0, -5.0, 10.0]) @ np.diag([1.08, 0.94, 1.05, 1])
     img = head_image(shape, affine, CT_HU, motion)
     brain = brain_mask(shape, affine, motion)
     t0 = time.perf_counter()
-    transforms, _ = reg.normalise_to_template(img, affine, brain)
+    transforms, _ = template.normalise_to_template(img, affine, brain)
     elapsed = time.perf_counter() - t0
-    _, t_brain, _ = reg.load_template()
-    covered = reg.warp_mask_to_template(np.ones(shape, bool), affine, transforms)
-    warped = reg.warp_mask_to_template(brain, affine, transforms)
+    _, t_brain, _ = template.load_template()
+    covered = template.warp_mask_to_template(np.ones(shape, bool), affine, transforms)
+    warped = template.warp_mask_to_template(brain, affine, transforms)
     target = t_brain & covered
-    dice = 2 * (warped & target).sum() / (warped.sum() + target.sum())
     print(f"normalisation to ICBM152 2009a (affine + SyN): {elapsed:.1f} s per session; brain Dice "
-          f"{dice:.3f}; peak RSS {peak_rss_mb():.0f} MB")
+          f"{template.dice(warped, target):.3f}; peak RSS {peak_rss_mb():.0f} MB")
     return 0
 
 

@@ -6,7 +6,7 @@ Run: ``python benchmarks/speed.py [--voxels 1000000] [--skip-denoise] [--methods
   float32), wall time and the peak of Python-allocated memory (tracemalloc, numpy buffers
   included), per method of ``strokeperf.deconvolution.METHODS`` (and the GCV variant of Tikhonov),
   BLAS limited to one thread as in ``perfusion_maps``, with 1 and 2 worker threads over chunks;
-  then the default method through ``perfusion_maps`` itself. ``parametric`` (when present) runs
+  then the default method through ``perfusion_maps`` itself. ``parametric`` runs
   on at most ``--parametric-voxels`` voxels. Wall time and memory come from separate runs:
   tracemalloc hooks every allocation, Python objects included, and timed under it the chunked SVD
   loops ran at little more than half speed (oSVD 0.58 M voxels/s traced, 1.0 M untraced).
@@ -14,7 +14,7 @@ Run: ``python benchmarks/speed.py [--voxels 1000000] [--skip-denoise] [--methods
 - ``denoise`` on a 120 x 144 x 30 x 45 series.
 - ``--session DIR``: a whole-brain session kept by ``benchmarks/pipeline.py --keep DIR``, its
   deconvolution with the default method as the pipeline runs it (``perfusion_maps`` on the
-  smoothed series, with the neighbourhood prior on Tmax of ``parametric.neighbourhood_prior``) and
+  smoothed series, with the neighbourhood prior on Tmax of ``deconvolution.neighbourhood``) and
   without that prior, and how many voxels the prior revised::
 
       python benchmarks/pipeline.py --seed 104 --phantom aif_peak_hu=150.0 --keep /tmp/s104
@@ -123,10 +123,10 @@ def bench_session(root: Path, repeat: int = 1):
 
     import nibabel as nib
 
-    from strokeperf.cli import finished_step_file
+    from strokeperf.cli.cache import finished_step_file
     from strokeperf.concentration import DENOISE_FWHM_MM
-    from strokeperf.parametric import (UNINFORMATIVE_TMAX_SD_S, ParametricDeconvolution,
-                                       neighbourhood_prior)
+    from strokeperf.deconvolution.neighbourhood import UNINFORMATIVE_TMAX_SD_S
+    from strokeperf.deconvolution.parametric import ParametricDeconvolution
 
     def one(name):                  # inputs to the timed step, also if other code wrote them
         return finished_step_file(root / "work", name, any_code=True)
@@ -147,9 +147,9 @@ def bench_session(root: Path, repeat: int = 1):
         print(f"  parametric {label:28s}: wall {wall:6.2f} s  {n / wall:9,.0f} voxels/s  "
               f"peak traced memory {peak_mib:7.1f} MiB")
     with threadpool_limits(limits=1, user_api="blas"):
-        model = ParametricDeconvolution(aif, t)
-        fit = model.fit(series[brain], keep_sd_above=UNINFORMATIVE_TMAX_SD_S)
-        revised = neighbourhood_prior(model, raw, brain, fit.tmax_bins, voxel)[0].size
+        second_pass = ParametricDeconvolution(aif, t).second_pass(raw, brain, voxel)
+        fit = second_pass.fit(series[brain])
+        revised = second_pass.revise()[0].size
     print(f"  uninformative (posterior SD of Tmax > {UNINFORMATIVE_TMAX_SD_S:g} s): "
           f"{fit.tmax_bins[0].size / n:.1%} of voxels; Tmax revised by the prior: {revised / n:.1%}")
 

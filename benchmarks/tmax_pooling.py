@@ -16,7 +16,7 @@ arrive at different times; on whole-brain phantoms the Tmax > 10 s volume read 1
 
 Method. Local likelihood (Tibshirani & Hastie 1987, J Am Stat Assoc 82:559; spatially, Polzehl &
 Spokoiny 2006, Probab Theory Relat Fields 135:335): each voxel's posterior over Tmax adds the log
-evidence of its neighbours for every Tmax bin (:meth:`ParametricDeconvolution.tmax_log_evidence`),
+evidence of its neighbours for every Tmax bin (``experiments.posterior.PosteriorStudy``),
 weighted by a Gaussian kernel; neighbours share Tmax and nothing else (each keeps its own flow,
 dispersion, MTT and shape). For Gaussian noise and neighbours sharing every parameter, adding
 log-likelihoods equals fitting their average curve.
@@ -60,7 +60,7 @@ uninformative voxels moves the lesion's rim, where Tmax rises towards the centre
 adopted (docs/accuracy.md). With ``--prior-below 6`` (the prior only where it reads as normal) it
 changes nothing at 10 HU and removes most of the noise-driven over-read at low contrast (seed 104,
 ``--phantom aif_peak_hu=150.0``: Tmax > 6 s +14 % -> -9 %, Tmax > 4 s +108 % -> +13 %). Adopted
-as the default method's ``parametric.neighbourhood_prior`` (2026-12-05; the per-voxel fit in the
+as the default method's ``deconvolution.neighbourhood`` (2026-12-05; the per-voxel fit in the
 pipeline's ``tmax.nii`` now includes it). ``--neighbourhood`` recomputes the default fit without
 and with it from the kept session and times both.
 """
@@ -82,12 +82,13 @@ from scipy import ndimage
 from threadpoolctl import threadpool_limits
 
 from strokeperf import lesions
-from strokeperf.cli import finished_step_file
+from strokeperf.cli.cache import finished_step_file
 from strokeperf.concentration import denoise
 from strokeperf.timecurves import FWHM_PER_SIGMA, noise_sd
+from experiments.posterior import PosteriorStudy
 from strokeperf.deconvolution import perfusion_maps
-from strokeperf.parametric import (DEFAULT_CHUNK_SIZE, NEIGHBOURHOOD_FWHM_MM,
-                                   UNINFORMATIVE_TMAX_SD_S, ParametricDeconvolution)
+from strokeperf.deconvolution.neighbourhood import NEIGHBOURHOOD_FWHM_MM, UNINFORMATIVE_TMAX_SD_S
+from strokeperf.deconvolution.parametric import DEFAULT_CHUNK_SIZE, ParametricDeconvolution
 
 #: Fraction of the smoothing FWHM applied to the curves, and fraction over which the evidence is
 #: pooled; 0.6^2 + 0.8^2 = 1, so the total noise averaging equals that of the full FWHM.
@@ -171,13 +172,13 @@ def pooled_tmax(series, mask, aif, frame_times, voxel_size_mm, fwhm_mm: float,
 
     ``series`` (X, Y, Z, T) is the concentration smoothed at ``pooling_widths(fwhm_mm)[0]``
     (:func:`tmax_series`), ``fwhm_mm`` the session's smoothing FWHM; ``aif`` and ``frame_times``
-    as for :class:`ParametricDeconvolution`. Memory: N x B float32 (N voxels in the mask, B about
+    as for :class:`PosteriorStudy`. Memory: N x B float32 (N voxels in the mask, B about
     60-100 Tmax bins) beyond the series.
     """
     mask = np.asarray(mask, dtype=bool)
     times = np.asarray(frame_times, dtype=float)
     data_fwhm, pool_fwhm = pooling_widths(fwhm_mm)
-    model = ParametricDeconvolution(aif, times)
+    model = PosteriorStudy(aif, times)
     flat = np.asarray(series).reshape(-1, times.size)
     index = np.flatnonzero(mask)
     evidence = np.empty((index.size, model.tmax_bin_centres.size), dtype=np.float32)
@@ -352,7 +353,7 @@ def main(argv=None) -> int:
                    help="with --spatial-prior: use the prior only where its mean Tmax is below S s")
     p.add_argument("--neighbourhood", action="store_true",
                    help="also the default fit without and with its neighbourhood prior, timed\n"
-                        "(parametric.neighbourhood_prior; +30 s)")
+                        "(deconvolution.neighbourhood; +30 s)")
     args = p.parse_args(argv)
     if args.keep:
         return _compare(args, args.keep)

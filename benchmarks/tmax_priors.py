@@ -2,7 +2,7 @@
 which prior, come closest to the truth at CT-like noise.
 
 The default method reports the posterior mean of Tmax under a prior flat in Tmax
-(``strokeperf.parametric``). This benchmark compares, on the CT-like tiles of
+(``strokeperf.deconvolution.parametric``). This benchmark compares, on the CT-like tiles of
 ``benchmarks/accuracy.py --quick`` with the same candidate dictionary:
 
 - posterior mean and posterior median (the estimator that minimises the absolute error);
@@ -28,7 +28,8 @@ import time
 import numpy as np
 
 import accuracy as tiles_phantom
-from strokeperf.parametric import DEFAULT_CHUNK_SIZE as CHUNK, ParametricDeconvolution
+from experiments.posterior import PosteriorStudy
+from strokeperf.deconvolution.parametric import DEFAULT_CHUNK_SIZE as CHUNK
 
 
 def posterior_tmax(model, curves, log_prior):
@@ -83,7 +84,7 @@ def main(argv=None):
                                               spec["aif_beta"])
     curves = tiles_phantom.noisy_curves(clean, t, "CT", args.realisations,
                                         np.random.default_rng(args.seed))
-    model = ParametricDeconvolution(aif, t)
+    model = PosteriorStudy(aif, t)
     print(f"CT tiles: {params.shape[0]} x {args.realisations} realisations, {args.ct_noise} HU; "
           f"{model.candidate_tmax.size} candidates; Tmax median error / MAE (s) per true-Tmax bin")
     priors = [("Tmax-flat (default)", lambda: model.log_prior),

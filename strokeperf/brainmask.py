@@ -25,9 +25,13 @@ above the noise threshold, and through them that soft tissue would join the brai
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
+from strokeperf import concentration
+from strokeperf.concentration import BolusTiming
 from strokeperf.errors import DataError
 from strokeperf.timecurves import FWHM_PER_SIGMA
 
@@ -61,6 +65,14 @@ MR_SMOOTHING_FWHM_MM = 2.0
 #: is seen at an SNR of about 5; Rose 1948, J Opt Soc Am 38:196), with the background magnitude
 #: standing for the noise level. Pure Rician noise splits at a ratio of about 2-3.
 MR_MIN_HEAD_CONTRAST = 5.0
+#: MR: smallest baseline (S0) signal of a usable voxel, as a fraction of the median S0 of the brain
+#: (of the search region, for the AIF candidates). Partial volume with bone or air and
+#: susceptibility dropout lower S0; such voxels are noisy and reach the noise floor first
+#: (Calamante 2013).
+MR_MIN_S0_FRACTION = 0.5
+#: Margin around the brain searched for the venous sinus and large arteries, mm: the superior
+#: sagittal sinus lies between the brain surface and the inner table of the skull.
+VESSEL_SEARCH_MARGIN_MM = 6.0
 #: Bins of the Otsu histogram.
 OTSU_BINS = 256
 #: On T2*-weighted EPI CSF is brighter than brain tissue, by about 1.5-3 times at TE 25-40 ms and
@@ -104,23 +116,35 @@ def ct_brain_mask(reference_hu: np.ndarray, voxel_size_mm) -> np.ndarray:
     # Keep soft tissue away from the bone surface: voxels touching bone are partial-volumed skull.
     soft &= ~ndimage.binary_dilation(bone, structure=ball(1.0 * max(voxel_size_mm[:2]), voxel_size_mm))
     seeds = ndimage.binary_erosion(soft, structure=ball(BRIDGE_CUT_MM, voxel_size_mm))
-    labels, n = ndimage.label(seeds)
-    if n == 0:
+    core = largest_component(seeds)
+    if core is None:
         raise DataError("empty brain mask: no soft tissue (-20 to 100 HU) found inside the skull")
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    core = labels == int(np.argmax(sizes))
     # Grow the largest component back inside the soft tissue (geodesic reconstruction), then close
     # holes left by enhancing vessels and calcifications.
     brain = ndimage.binary_propagation(core, mask=soft)
     brain = ndimage.binary_closing(brain, structure=ball(2.0 * max(voxel_size_mm[:2]), voxel_size_mm))
     brain = _fill_holes_per_slice(brain) & ~bone
+    _check_brain_volume(brain, voxel_size_mm, "the largest intracranial soft-tissue region",
+                        "a head CT in HU")
+    return brain
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray | None:
+    """The largest 6-connected component of a 3D boolean mask, or None when the mask is empty."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _check_brain_volume(brain: np.ndarray, voxel_size_mm, region: str, expected: str) -> None:
+    """Raise DataError when ``brain`` is smaller than :data:`MIN_BRAIN_ML` (not a head image)."""
     volume_ml = brain.sum() * float(np.prod(voxel_size_mm[:3])) / 1000.0
     if volume_ml < MIN_BRAIN_ML:
-        raise DataError(
-            f"empty brain mask: the largest intracranial soft-tissue region is {volume_ml:.0f} mL "
-            f"(< {MIN_BRAIN_ML:.0f} mL); is this a head CT in HU?")
-    return brain
+        raise DataError(f"empty brain mask: {region} is {volume_ml:.0f} mL "
+                        f"(< {MIN_BRAIN_ML:.0f} mL); is this {expected}?")
 
 
 def otsu_threshold(values, bins: int = OTSU_BINS) -> float:
@@ -199,24 +223,25 @@ def mr_brain_mask(image, voxel_size_mm, skull_cut: bool = True) -> np.ndarray:
         seed_region = head & (smooth > MR_SKULL_CUT_FRACTION * float(np.median(smooth[head])))
     bridge_cut = ball(MR_BRIDGE_CUT_MM, voxel_size_mm)
     seeds = ndimage.binary_erosion(seed_region, structure=bridge_cut)
-    labels, n = ndimage.label(seeds)
-    if n == 0:
+    core = largest_component(seeds)
+    if core is None:
         raise DataError("empty brain mask: no head-sized region above the background on the EPI "
                         "image")
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    core = labels == int(np.argmax(sizes))
     brain = ndimage.binary_dilation(core, structure=bridge_cut) & head
     brain = ndimage.binary_closing(brain, structure=ball(2.0 * max(voxel_size_mm[:2]),
                                                             voxel_size_mm))
     brain = _fill_holes_per_slice(brain)
     brain = ndimage.binary_fill_holes(brain)
-    volume_ml = brain.sum() * float(np.prod(voxel_size_mm[:3])) / 1000.0
-    if volume_ml < MIN_BRAIN_ML:
-        raise DataError(
-            f"empty brain mask: the largest region above the background is {volume_ml:.0f} mL "
-            f"(< {MIN_BRAIN_ML:.0f} mL); is this a head EPI magnitude image?")
+    _check_brain_volume(brain, voxel_size_mm, "the largest region above the background",
+                        "a head EPI magnitude image")
     return brain
+
+
+def min_usable_s0(s0) -> float:
+    """Smallest usable MR baseline signal: :data:`MR_MIN_S0_FRACTION` of the median of ``s0``,
+    the baseline (S0) values of a region (signal units). Voxels below it give no usable delta-R2*
+    (brain mask; AIF candidates, :func:`strokeperf.aif.mr.classify_mr_voxels`)."""
+    return MR_MIN_S0_FRACTION * float(np.median(s0))
 
 
 def mr_vessel_search_region(s0, brain_mask, voxel_size_mm, margin_mm: float,
@@ -280,3 +305,63 @@ def ct_csf_mask(baseline_hu: np.ndarray, brain_mask: np.ndarray, voxel_size_mm,
     with np.errstate(invalid="ignore", divide="ignore"):
         smooth = np.where(weights > 1e-3, smooth / weights, 0)
     return brain & (smooth < CSF_HU)
+
+
+@dataclass(frozen=True)
+class SessionMasks:
+    """The masks of one perfusion series on its grid, and the bolus timing they were found with.
+
+    ``vessel_search`` is where the arterial and venous input functions are searched (brain plus
+    :data:`VESSEL_SEARCH_MARGIN_MM`, bone excluded); ``s0`` the MR baseline image (None for CT).
+    """
+
+    brain: np.ndarray
+    csf: np.ndarray
+    vessel_search: np.ndarray
+    bolus: BolusTiming
+    s0: np.ndarray | None = None
+
+
+def ct_session_masks(hu, frame_times, voxel_size_mm) -> SessionMasks:
+    """Brain, CSF and vessel-search masks of a CT perfusion series ``hu`` (X, Y, Z, T), and the
+    bolus timing of its whole-brain curve. Raises DataError when there is no brain or no bolus."""
+    # The temporal median is unenhanced nearly everywhere: arteries enhance in a few frames only.
+    brain = ct_brain_mask(np.median(hu, axis=3), voxel_size_mm)
+    # The median over the brain, not the mean: after motion correction the edge voxels of moved
+    # frames carry interpolated skull (+1000 HU), which shifts a mean curve frame by frame.
+    bolus = concentration.require_bolus(np.median(hu[brain], axis=0),
+                                        np.asarray(frame_times, dtype=float))
+    baseline = hu[..., : bolus.baseline_end].mean(axis=3)
+    csf = ct_csf_mask(baseline, brain, voxel_size_mm)
+    bone = baseline > BONE_HU
+    margin = ball(VESSEL_SEARCH_MARGIN_MM, voxel_size_mm)
+    search = ndimage.binary_dilation(brain, structure=margin) & ~bone
+    return SessionMasks(brain, csf, search, bolus)
+
+
+def mr_session_masks(signal, frame_times, echo_time_s: float, voxel_size_mm) -> SessionMasks:
+    """Bolus timing, then brain and CSF masks on the baseline S0 and the vessel search region of a
+    DSC-MRI magnitude series ``signal`` (X, Y, Z, T).
+
+    The bolus is found on the whole-brain delta-R2* curve, the brain being first outlined on the
+    temporal median (unenhanced nearly everywhere); the masks are then computed on S0, the mean of
+    the pre-contrast frames. Brain voxels whose S0 is below :data:`MR_MIN_S0_FRACTION` of the brain
+    median are left out (no usable signal). Raises DataError when there is no head or no bolus.
+    """
+    outline = mr_brain_mask(np.median(signal, axis=3), voxel_size_mm)
+    curve = signal[outline].mean(axis=0, dtype=np.float64)
+    # Before the baseline is known, the curve's median stands for S0 (the bolus is a minority of
+    # the frames).
+    delta_r2s = concentration.delta_r2s_from_ratio(curve / np.median(curve), echo_time_s)
+    bolus = concentration.require_bolus(delta_r2s, np.asarray(frame_times, dtype=float))
+    s0 = signal[..., : bolus.baseline_end].mean(axis=3)
+    brain = mr_brain_mask(s0, voxel_size_mm)
+    # Voxels of the outline with a low baseline signal (partial volume with bone or air,
+    # susceptibility dropout) give no usable delta-R2*: the rule of the MR AIF candidates.
+    min_s0 = min_usable_s0(s0[brain])
+    brain &= s0 >= min_s0
+    csf = mr_csf_mask(s0, brain, voxel_size_mm)
+    # Cannot fail once the brain mask has been found: its region only grows without the cut.
+    search = mr_vessel_search_region(s0, brain, voxel_size_mm, VESSEL_SEARCH_MARGIN_MM,
+                                     min_s0=min_s0)
+    return SessionMasks(brain, csf, search, bolus, s0)

@@ -80,6 +80,11 @@ class BolusTiming:
     captured: bool
     reason: str = ""
 
+    def to_record(self) -> dict:
+        """The JSON-able record that the workflow passes between tasks (a found bolus)."""
+        return {"baseline_end": int(self.baseline_end), "arrival_s": float(self.arrival_s),
+                "peak_s": float(self.peak_s)}
+
 
 def detect_bolus(curve, frame_times) -> BolusTiming:
     """Find the pre-contrast baseline, the bolus arrival and the peak of an enhancing curve.
@@ -213,6 +218,13 @@ def ct_concentration(hu, frame_times, baseline_end: int, mask=None) -> np.ndarra
     return delta
 
 
+def delta_r2s_from_ratio(signal_ratio, echo_time_s: float) -> np.ndarray:
+    """``delta_R2* = -ln(S / S0) / TE`` in 1/s from the signal ratio ``S / S0`` and the echo time
+    (s) of a gradient echo (Rosen et al. 1990). Ratios are floored at ``MIN_SIGNAL_RATIO``, so zero
+    or negative signal gives a large finite value."""
+    return -np.log(np.clip(signal_ratio, MIN_SIGNAL_RATIO, None)) / echo_time_s
+
+
 def dsc_concentration(signal, echo_time_s: float, baseline_end: int) -> np.ndarray:
     """Delta-R2* in 1/s from a DSC-MRI (gradient-echo) magnitude series.
 
@@ -240,7 +252,7 @@ def dsc_concentration(signal, echo_time_s: float, baseline_end: int) -> np.ndarr
     s0 = s[..., :baseline_end].mean(axis=-1, dtype=np.float64)
     valid = s0 > 0
     ratio = s.astype(np.float64) / np.where(valid, s0, 1.0)[..., None]
-    dr2 = -np.log(np.clip(ratio, MIN_SIGNAL_RATIO, None)) / te
+    dr2 = delta_r2s_from_ratio(ratio, te)
     dr2[~valid] = 0.0
     return dr2.astype(np.float32)
 

@@ -1,7 +1,9 @@
 """Run configuration: method parameters and their defaults, from a TOML file and the command line.
 
-Precedence: command-line options > ``--config FILE.toml`` > defaults below. The resolved parameters
-are recorded in every derivative sidecar (``Parameters``).
+Precedence: command-line options > ``--config FILE.toml`` > defaults below. The defaults of
+:class:`Parameters` are the one source of them: the command line's help quotes them
+(:mod:`strokeperf.cli.parser`). The resolved parameters are recorded in every derivative sidecar
+(``Parameters``).
 
 A config file holds the same names as the options, with underscores::
 
@@ -32,7 +34,8 @@ class ConfigError(StrokeperfError):
 
 @dataclass
 class Parameters:
-    """Method parameters of one run (units in the names; defaults and sources in the stage modules)."""
+    """Method parameters of one run (units in the names; each default is the stage module's
+    constant, where its source is cited)."""
 
     frame_interval: float | None = None
     deconvolution: str = "parametric"

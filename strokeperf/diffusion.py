@@ -25,7 +25,7 @@ from strokeperf.errors import DataError
 from strokeperf.timecurves import MAD_TO_SD
 
 #: b-values below this (s/mm^2) count as b = 0 (scanners write small nominal values for the b = 0
-#: image; the same cut as strokeperf.inputs.B0_THRESHOLD_S_PER_MM2).
+#: image; strokeperf.bids.diffusion checks the DWI inputs with the same cut).
 B0_THRESHOLD_S_PER_MM2 = 50.0
 #: b-values within this distance (s/mm^2) belong to the same shell (scanners jitter nominal b-values
 #: by a few s/mm^2 per direction; shells used in practice are >= 250 s/mm^2 apart).

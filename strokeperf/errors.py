@@ -59,3 +59,13 @@ class NoMatchError(StrokeperfError):
     """Labels or filters matched no session (exit code 18)."""
 
     exit_code = EXIT_NO_MATCH
+
+
+def one_line(exc: BaseException) -> str:
+    r"""An exception's message on one line of at most 200 characters, for an error that quotes it.
+
+    >>> one_line(OSError("disk  full,\n  try later"))
+    'disk full, try later'
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

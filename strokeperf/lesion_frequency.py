@@ -8,7 +8,7 @@ whose lesion covers it, the lesion overlap map of lesion-mapping studies (Rorden
 Rev Neurosci 5:813). The hemisphere of each session's Tmax > 6 s lesion is read in template space,
 where the midline is the same for every session.
 
-Naming (the group files sit beside ``group_perfusion.tsv``)::
+Naming (:mod:`strokeperf.bids.derivatives`; the group files sit beside ``group_perfusion.tsv``)::
 
     sub-P[/ses-S]/perf/<prefix>_space-MNI152NLin2009aAsym_res-2_desc-<mod><Label>_mask.nii.gz
     group_space-MNI152NLin2009aAsym_res-2_label-<Label>_desc-<mod>_probseg.nii.gz (+ .json)
@@ -23,25 +23,12 @@ import numpy as np
 import pandas as pd
 
 from strokeperf import io, lesions
+from strokeperf.bids.derivatives import (FREQUENCY_GLOB, LESION_LABELS, TEMPLATE_SPACE,
+                                         frequency_name, perf_dir, template_mask_name, tmax_label,
+                                         volumes_name)
 
-#: TemplateFlow identifier of nilearn's ICBM152 2009a template, and the resolution used (mm).
-TEMPLATE_SPACE = "MNI152NLin2009aAsym"
-TEMPLATE_RESOLUTION_MM = 2
-#: Lesion labels warped to the template and mapped at group level (mask labels of the derivatives).
-LESION_LABELS = ("Core", "Tmax4", "Tmax6", "Tmax8", "Tmax10")
 #: The label whose hemisphere is reported as the session's affected side (as in the group table).
-SIDE_LABEL = "Tmax6"
-_SPACE = f"space-{TEMPLATE_SPACE}_res-{TEMPLATE_RESOLUTION_MM}"
-
-
-def template_mask_name(prefix: str, modality: str, label: str) -> str:
-    """File name of a session's lesion mask in template space."""
-    return f"{prefix}_{_SPACE}_desc-{modality}{label}_mask.nii.gz"
-
-
-def frequency_name(modality: str, label: str) -> str:
-    """File name of the cohort's lesion-frequency map of one modality and label."""
-    return f"group_{_SPACE}_label-{label}_desc-{modality}_probseg.nii.gz"
+SIDE_LABEL = tmax_label(lesions.HYPOPERFUSION_TMAX_S)
 
 
 def lesion_frequency(masks) -> tuple[np.ndarray, int]:
@@ -70,13 +57,6 @@ def template_side(mask: np.ndarray, template_affine: np.ndarray) -> str | None:
     return lesions.affected_side(mask, None, template_affine, midline_x=0.0)
 
 
-def _perf_dir(output_dir: Path, participant_id: str, session_id: str) -> Path:
-    out = output_dir / participant_id
-    if session_id and session_id != "n/a":
-        out /= session_id
-    return out / "perf"
-
-
 def session_template_masks(output_dir, table: pd.DataFrame, modality: str,
                            label: str) -> list[Path]:
     """Template-space ``label`` masks of the table's successful ``modality`` series, in table order.
@@ -88,13 +68,13 @@ def session_template_masks(output_dir, table: pd.DataFrame, modality: str,
     """
     output_dir = Path(output_dir)
     rows = table[(table["modality"] == modality) & (table["status"] == "ok")]
-    dirs = dict.fromkeys(_perf_dir(output_dir, r["participant_id"], str(r["session_id"]))
+    dirs = dict.fromkeys(perf_dir(output_dir, r["participant_id"], str(r["session_id"]))
                          for _, r in rows.iterrows())
     found = []
-    marker = f"_{_SPACE}_desc-{modality}{label}_mask.nii.gz"
+    marker = template_mask_name("", modality, label)       # the name after the series' prefix
     for perf in dirs:
         for path in sorted(perf.glob(f"*{marker}")):
-            volumes = perf / f"{path.name[: -len(marker)]}_desc-{modality}_volumes.tsv"
+            volumes = perf / volumes_name(path.name[: -len(marker)], modality)
             if volumes.is_file() and _status(volumes) == "ok":
                 found.append(path)
     return found
@@ -144,7 +124,7 @@ def write_frequency_maps(output_dir, table: pd.DataFrame) -> list[dict]:
             written.add(path.name)
             records.append({"modality": modality, "label": label, "path": path, "n": n,
                             "sides": dict(sides)})
-    for stale in output_dir.glob(f"group_{_SPACE}_label-*_probseg.*"):
+    for stale in output_dir.glob(FREQUENCY_GLOB):
         if stale.name.replace(".json", ".nii.gz") not in written:
             stale.unlink()
     return records

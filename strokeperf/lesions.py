@@ -18,7 +18,10 @@ Definitions (defaults, each configurable):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+from nibabel.affines import voxel_sizes
 from scipy import ndimage
 
 from strokeperf import concentration
@@ -196,3 +199,42 @@ def affected_side(lesion: np.ndarray, brain_mask: np.ndarray | None, affine: np.
                else float(np.mean(world_x(np.asarray(brain_mask, dtype=bool)))))
     x = world_x(lesion)
     return "R" if np.count_nonzero(x > midline) > np.count_nonzero(x < midline) else "L"
+
+
+@dataclass(frozen=True)
+class Hypoperfusion:
+    """Tissue, reference tissue, relative maps and Tmax lesions of one session (perfusion grid).
+
+    ``tmax_masks`` maps each Tmax threshold (s) to its mask; ``hypoperfused`` is the Tmax > 6 s one.
+    ``voxel_size`` is in mm, taken from ``affine``.
+    """
+
+    affine: np.ndarray
+    voxel_size: np.ndarray
+    brain: np.ndarray
+    tissue: np.ndarray
+    reference: np.ndarray
+    rcbf: np.ndarray
+    rcbv: np.ndarray
+    tmax_masks: dict
+    hypoperfused: np.ndarray
+
+
+def hypoperfusion(cbf, cbv, tmax, brain_mask, csf_mask, affine, thresholds_s=TMAX_THRESHOLDS_S,
+                  min_cluster_ml: float = MIN_CLUSTER_ML,
+                  vessel_cbv: float = VESSEL_CBV_ML_100G) -> Hypoperfusion:
+    """Tissue (brain minus CSF and vessels), reference tissue (Tmax < 4 s), rCBF and rCBV against
+    it, and the Tmax > threshold lesions with small clusters removed.
+
+    Maps in their units (CBF mL/100 g/min, CBV mL/100 g, Tmax s) on the grid of ``affine``. Raises
+    ValueError when the reference tissue is empty or its mean is not positive
+    (:func:`relative_map`).
+    """
+    vs = voxel_sizes(affine)
+    tissue = tissue_mask(brain_mask, csf_mask, cbv, vessel_cbv=vessel_cbv)
+    reference = reference_mask(tissue, tmax)
+    rcbf = relative_map(cbf, reference)
+    rcbv = relative_map(cbv, reference)
+    tmax_masks = tmax_lesions(tmax, tissue, vs, thresholds_s, min_cluster_ml)
+    return Hypoperfusion(affine, vs, np.asarray(brain_mask, dtype=bool), tissue, reference, rcbf,
+                         rcbv, tmax_masks, tmax_masks[HYPOPERFUSION_TMAX_S])

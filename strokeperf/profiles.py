@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 
+from strokeperf import lesions
+
 # Named limits of the profiles (SPEC.md; sources in the module docstring).
 CORE_LIMIT_ML = 70.0
 DEFUSE3_RATIO, DEFUSE3_MISMATCH_ML = 1.8, 15.0
@@ -114,3 +116,28 @@ def profile_rules() -> dict:
         "dawn": "age >= 80, NIHSS >= 10, core < 21 mL; or age < 80, NIHSS >= 10, core < 31 mL; "
                 "or age < 80, NIHSS >= 20, core < 51 mL",
     }
+
+
+def session_results(found: "lesions.Hypoperfusion", core_ml: float | None,
+                    core_definition: str | None, age: float | None = None,
+                    nihss: float | None = None) -> dict:
+    """The session's row of the group table before QC: volumes (mL), mismatch metrics, CBV index,
+    profiles and affected side, keyed by the SPEC.md column names.
+
+    Without a core (``core_ml`` None: a DSC session without diffusion imaging) the core-dependent
+    columns (mismatch, profiles) are None (n/a); HIR and the CBV index remain.
+    """
+    vs = found.voxel_size
+    results = {"core_ml": core_ml, "core_definition": core_definition,
+               **{f"tmax{thr:g}_ml": lesions.volume_ml(m, vs)
+                  for thr, m in found.tmax_masks.items()}}
+    metrics = mismatch_metrics(0.0 if core_ml is None else core_ml,
+                               results["tmax6_ml"], results["tmax10_ml"])
+    if core_ml is None:
+        metrics.update(mismatch_ml=None, mismatch_ratio=None)
+    results.update(metrics)
+    results["cbv_index"] = lesions.cbv_index(found.rcbv, found.hypoperfused)
+    results.update(evaluate_profiles(core_ml, results["tmax6_ml"], results["tmax10_ml"],
+                                     age=age, nihss=nihss))
+    results["affected_side"] = lesions.affected_side(found.hypoperfused, found.brain, found.affine)
+    return results

@@ -12,7 +12,7 @@ Rules (the constants below carry the sources):
   enhancement by the last frame, or the venous output function is incomplete (Kasasbeh et al. 2016).
 - ``poor_aif``: the AIF is late (arrives or peaks no earlier than the tissue, or never falls below half
   its peak), low (peaks less than ``LOW_AIF_PEAK_RATIO`` times the tissue), broad (no narrower than the
-  tissue curve) or irregular (gamma-variate fit R^2 below :data:`strokeperf.aif.MIN_FIT_R2`).
+  tissue curve) or irregular (gamma-variate fit R^2 below :data:`strokeperf.aif.arterial.MIN_FIT_R2`).
 - ``no_vof``: no venous output function was found, so the AIF is not corrected for partial volume.
 - ``low_snr``: the tissue enhancement is below ``ENHANCEMENT_SNR`` voxel noise SDs (Rose criterion).
 - ``limited_coverage``: the brain is cut by the first or last slice of the slab.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from nibabel.affines import voxel_sizes
 
-from strokeperf.aif import COMPLETE_FRACTION, MIN_FIT_R2
+from strokeperf.aif.arterial import COMPLETE_FRACTION, MIN_FIT_R2
 from strokeperf.concentration import DENOISE_FWHM_MM, ENHANCEMENT_SNR, detect_bolus
 from strokeperf.lesions import MIN_CLUSTER_ML, voxel_volume_ml
 from strokeperf.timecurves import fwhm, noise_sd, smooth3
@@ -37,7 +37,7 @@ from strokeperf.timecurves import fwhm, noise_sd, smooth3
 MOTION_VOXEL_FRACTION = 0.5
 #: A tissue curve has "returned toward baseline" when it falls below this fraction of its enhancement
 #: before the scan ends: the same completeness rule as the input functions
-#: (:data:`strokeperf.aif.COMPLETE_FRACTION`). Kasasbeh et al. 2016 (Stroke 47:2966) showed that
+#: (:data:`strokeperf.aif.arterial.COMPLETE_FRACTION`). Kasasbeh et al. 2016 (Stroke 47:2966) showed that
 #: lesion volumes are stable only when the scan covers the downslope of the venous output function.
 TISSUE_RETURN_FRACTION = COMPLETE_FRACTION
 #: An AIF is "low" when it peaks less than this many times higher than the mean tissue curve. An
@@ -161,7 +161,7 @@ def aif_problems(frame_times, aif_curve, tissue_curve, aif_quality=None,
       the AIF never falls below half its peak before the scan ends;
     - low: AIF enhancement < ``low_ratio`` x tissue enhancement;
     - broad: AIF FWHM >= tissue FWHM (convolution with a residue function only broadens);
-    - irregular: ``aif_quality`` (gamma-variate R^2) < :data:`strokeperf.aif.MIN_FIT_R2`.
+    - irregular: ``aif_quality`` (gamma-variate R^2) < :data:`strokeperf.aif.arterial.MIN_FIT_R2`.
     """
     t = np.asarray(frame_times, dtype=float)
     a = np.asarray(aif_curve, dtype=float)
@@ -196,7 +196,7 @@ def no_vof(vof_curve, vof_complete=None) -> bool:
     """No venous output function: ``vof_curve`` is None, empty or not finite.
 
     An incomplete VOF (``vof_complete is False``) is not used for scaling either
-    (:func:`strokeperf.aif.scale_aif_by_vof`), so it also counts as missing.
+    (:func:`strokeperf.aif.venous.scale_aif_by_vof`), so it also counts as missing.
     """
     return not _usable(vof_curve) or vof_complete is False
 
@@ -322,6 +322,34 @@ def compute_qc_flags(*, frame_times, tissue_curve, input_functions: dict, brain_
     }
     return [flag for flag in QC_FLAGS if raised[flag]]
 
+
+
+def session_qc(conc, found, input_functions: dict, frame_times,
+               framewise_displacement=None) -> dict:
+    """Mean concentration curves of normal and hypoperfused tissue (for the report) and the QC
+    flags of one session (:func:`compute_qc_flags`).
+
+    ``conc`` is the concentration ``(X, Y, Z, T)`` the maps were fitted to, ``found`` the session's
+    :class:`strokeperf.lesions.Hypoperfusion`, ``input_functions`` the input-function record.
+    Returns ``{"curves": {"tissue_normal": list, "tissue_hypoperfused": list or None},
+    "qc_flags": [...]}``.
+    """
+    curves = {
+        "tissue_normal": conc[found.reference].mean(axis=0).tolist(),
+        "tissue_hypoperfused": conc[found.hypoperfused].mean(axis=0).tolist()
+        if found.hypoperfused.any() else None,
+    }
+    flags = compute_qc_flags(
+        frame_times=np.asarray(frame_times, dtype=float),
+        tissue_curve=np.asarray(curves["tissue_normal"]),
+        input_functions=input_functions,
+        brain_mask=found.brain, hypoperfused_mask=found.hypoperfused, affine=found.affine,
+        hypoperfused_curve=(None if curves["tissue_hypoperfused"] is None
+                            else np.asarray(curves["tissue_hypoperfused"])),
+        noise_sd=voxel_noise_sd(conc, found.tissue),
+        framewise_displacement=(None if framewise_displacement is None
+                                else np.asarray(framewise_displacement, dtype=float)))
+    return {"curves": curves, "qc_flags": flags}
 
 #: Rules of QC flags raised by the workflows beyond :data:`QC_FLAG_RULES` (not computed
 #: by :func:`compute_qc_flags`).

@@ -3,7 +3,7 @@
 Tasks are thin: they read their inputs from files, call the stage functions and write their outputs
 into the current working directory, which pydra sets to the job's own cache directory.
 
-A session is described to every task by a JSON-able ``session`` dict (``inputs.Session.to_dict()``
+A session is described to every task by a JSON-able ``session`` dict (``bids.discovery.Session.to_dict()``
 plus ``failure_file``). When a task fails, :func:`records_failure` writes the one-line message that the
 user will see (naming the input file) to ``failure_file`` before re-raising, so that the command line
 can mark that session ``failed`` while the other sessions of the cohort complete.

@@ -8,24 +8,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from fileformats.generic import File
 from nibabel.affines import voxel_sizes
 from pydra.compose import python
-from scipy import ndimage
 
 from strokeperf import aif as aif_stage
 from strokeperf import brainmask, concentration, deconvolution, lesions, profiles, qc
+from strokeperf.aif.arterial import aif_from_mask, read_aif_mask
+from strokeperf.aif.venous import scale_aif_by_vof, select_vof
+from strokeperf.bids.discovery import Session
+from strokeperf.bids.perfusion import load_perfusion
 from strokeperf.errors import DataError, InputError
-from strokeperf.inputs import Session, load_perfusion
 from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array
-
-#: Margin around the brain searched for the venous sinus and large arteries, mm: the superior
-#: sagittal sinus lies between the brain surface and the inner table of the skull.
-VESSEL_SEARCH_MARGIN_MM = 6.0
-
 
 def _source(session: dict) -> str:
     return session["perfusion_file"]
@@ -43,27 +39,12 @@ def load_ctp(session: dict, frame_interval: float | None = None) -> tuple[File, 
 def ct_masks(session: dict, ctp_file: File, frame_times: list) -> tuple[File, File, File, dict]:
     """Brain, CSF and vessel-search masks, and the bolus timing of the whole-brain curve."""
     hu, affine = load_array(ctp_file)
-    vs = voxel_sizes(affine)
-    times = np.asarray(frame_times, dtype=float)
-    try:
-        # The temporal median is unenhanced nearly everywhere: arteries enhance in a few frames only.
-        brain = brainmask.ct_brain_mask(np.median(hu, axis=3), vs)
-        # The median over the brain, not the mean: after motion correction the edge voxels of moved
-        # frames carry interpolated skull (+1000 HU), which shifts a mean curve frame by frame.
-        bolus = concentration.require_bolus(np.median(hu[brain], axis=0), times)
-    except DataError as exc:
-        raise InputError(_source(session), str(exc)) from exc
-    baseline = hu[..., : bolus.baseline_end].mean(axis=3)
-    csf = brainmask.ct_csf_mask(baseline, brain, vs)
-    bone = baseline > brainmask.BONE_HU
-    margin = brainmask.ball(VESSEL_SEARCH_MARGIN_MM, vs)
-    search = ndimage.binary_dilation(brain, structure=margin) & ~bone
+    masks = brainmask.ct_session_masks(hu, frame_times, voxel_sizes(affine))
     return (
-        save_array("brain_mask.nii", brain, affine, np.uint8),
-        save_array("csf_mask.nii", csf, affine, np.uint8),
-        save_array("vessel_search_mask.nii", search, affine, np.uint8),
-        {"baseline_end": int(bolus.baseline_end), "arrival_s": float(bolus.arrival_s),
-         "peak_s": float(bolus.peak_s)},
+        save_array("brain_mask.nii", masks.brain, affine, np.uint8),
+        save_array("csf_mask.nii", masks.csf, affine, np.uint8),
+        save_array("vessel_search_mask.nii", masks.vessel_search, affine, np.uint8),
+        masks.bolus.to_record(),
     )
 
 
@@ -92,48 +73,33 @@ def input_functions(session: dict, concentration_file: File, frame_times: list,
     times = np.asarray(frame_times, dtype=float)
     aif, source = user_aif(session, conc, times, affine, search)
     if aif is None:
-        try:
-            aif = aif_stage.select_aif(conc, times, search)
-        except DataError as exc:
-            raise InputError(_source(session), str(exc)) from exc
-    vof = aif_stage.select_vof(conc, times, search, aif)
+        aif = aif_stage.select_aif(conc, times, search)
+    vof = select_vof(conc, times, search, aif)
     return write_input_functions(aif, vof, times, conc.shape[:3], affine, source)
-
-
-def user_aif_mask_path(aif_mask_dir: str | None, session: dict) -> Path | None:
-    """``DIR/sub-P[/ses-S]/perf/<prefix>_desc-<mod>AIF_mask.nii.gz`` if it exists (the AIF mask
-    strokeperf writes, so a previous run's output directory can be given as it is), else None."""
-    if not aif_mask_dir:
-        return None
-    from strokeperf.interfaces.derivatives import prefix_of, session_dir
-
-    path = (session_dir(aif_mask_dir, session)
-            / f"{prefix_of(session)}_desc-{session['modality']}AIF_mask.nii.gz")
-    return path if path.is_file() else None
 
 
 def user_aif(session: dict, conc: np.ndarray, times: np.ndarray, affine: np.ndarray,
              search: np.ndarray):
     """``(aif, source)``: the AIF of the session's user mask ``session["aif_mask_file"]`` (set by
-    the command line from ``--aif-mask-dir``, :func:`user_aif_mask_path`;
-    :func:`aif.aif_from_mask`) and
+    the command line from ``--aif-mask-dir``, :func:`strokeperf.bids.derivatives.aif_mask_path`;
+    :func:`strokeperf.aif.arterial.aif_from_mask`) and
     ``{"type": "mask", "file": path}``, or ``(None, {"type": "automatic"})`` without a mask.
 
     Raises InputError naming the mask file when it does not fit the series, has voxels outside
-    the vessel search region ``search`` (brain + ``VESSEL_SEARCH_MARGIN_MM``, where concentration
+    the vessel search region ``search`` (brain + ``brainmask.VESSEL_SEARCH_MARGIN_MM``, where concentration
     curves are kept) or shows no bolus.
     """
     path = session.get("aif_mask_file")
     if not path:
         return None, {"type": "automatic"}
-    mask = aif_stage.read_aif_mask(path, conc.shape[:3], affine)
+    mask = read_aif_mask(path, conc.shape[:3], affine)
     outside = int(np.count_nonzero(mask & ~search))
     if outside:
         raise InputError(path, f"{outside} of the {int(mask.sum())} AIF mask voxels lie outside "
-                               f"the brain plus {VESSEL_SEARCH_MARGIN_MM:g} mm, where no "
+                               f"the brain plus {brainmask.VESSEL_SEARCH_MARGIN_MM:g} mm, where no "
                                f"concentration curve is computed")
     try:
-        aif = aif_stage.aif_from_mask(conc, times, mask)
+        aif = aif_from_mask(conc, times, mask)
     except DataError as exc:
         raise InputError(path, str(exc)) from exc
     return aif, {"type": "mask", "file": str(path)}
@@ -149,7 +115,7 @@ def write_input_functions(aif, vof, times: np.ndarray, shape, affine,
     measured curve and reconstruction of a saturated AIF)."""
     scaled, factor = aif.curve, 1.0
     if vof is not None:
-        scaled, factor = aif_stage.scale_aif_by_vof(aif, vof)
+        scaled, factor = scale_aif_by_vof(aif, vof)
     record = {
         "frame_times_s": times.tolist(),
         "aif": np.asarray(aif.curve).tolist(),
@@ -207,102 +173,46 @@ def ctp_lesions(session: dict, perfusion_maps: list[File], brain_mask: File, csf
     Also the mean concentration curves of normal (reference) and hypoperfused tissue, for the report,
     and the session's QC flags (:mod:`strokeperf.qc`).
     """
-    found = hypoperfusion(session, perfusion_maps, brain_mask, csf_mask, tmax_thresholds,
-                          min_cluster_ml, vessel_cbv)
+    found = load_hypoperfusion(session, perfusion_maps, brain_mask, csf_mask, tmax_thresholds,
+                               min_cluster_ml, vessel_cbv)
     core = lesions.ctp_core(found.rcbf, found.hypoperfused, found.voxel_size, core_rcbf,
                             min_cluster_ml, tissue=found.tissue, fwhm_mm=core_rcbf_fwhm_mm)
-    results = session_results(found, lesions.volume_ml(core, found.voxel_size),
-                              f"rCBF<{core_rcbf:.2f}", age, nihss)
-    results.update(curves_and_qc(found, concentration_file, input_functions_file, frame_times,
-                                 motion))
-    files = found.save() + [save_array("core_mask.nii", core, found.affine, np.uint8)]
+    results = profiles.session_results(found, lesions.volume_ml(core, found.voxel_size),
+                                       f"rCBF<{core_rcbf:.2f}", age, nihss)
+    results.update(session_qc(found, concentration_file, input_functions_file, frame_times,
+                              motion))
+    files = save_hypoperfusion(found) + [save_array("core_mask.nii", core, found.affine, np.uint8)]
     return files, results
 
 
-class Hypoperfusion(NamedTuple):
-    """Tissue, reference and Tmax lesions of one session on the perfusion grid."""
-
-    affine: np.ndarray
-    voxel_size: np.ndarray
-    brain: np.ndarray
-    tissue: np.ndarray
-    reference: np.ndarray
-    rcbf: np.ndarray
-    rcbv: np.ndarray
-    tmax_masks: dict
-    hypoperfused: np.ndarray
-
-    def save(self) -> list[Path]:
-        """rCBF, rCBV, tissue and Tmax masks as work files (the datasink names them)."""
-        files = [save_array("rcbf.nii", self.rcbf, self.affine),
-                 save_array("rcbv.nii", self.rcbv, self.affine),
-                 save_array("tissue_mask.nii", self.tissue, self.affine, np.uint8)]
-        return files + [save_array(f"tmax{thr:g}_mask.nii", m, self.affine, np.uint8)
-                        for thr, m in self.tmax_masks.items()]
-
-
-def hypoperfusion(session: dict, perfusion_maps: list, brain_mask, csf_mask, tmax_thresholds,
-                  min_cluster_ml: float, vessel_cbv: float) -> Hypoperfusion:
-    """Tissue (brain minus CSF and vessels), reference tissue (Tmax < 4 s), rCBF and rCBV against
-    it, and the Tmax > threshold lesions (small clusters removed)."""
+def load_hypoperfusion(session: dict, perfusion_maps: list, brain_mask, csf_mask, tmax_thresholds,
+                       min_cluster_ml: float, vessel_cbv: float) -> lesions.Hypoperfusion:
+    """:func:`lesions.hypoperfusion` of the session's CBF, CBV and Tmax maps and masks."""
     maps = {Path(p).name.split(".")[0]: p for p in perfusion_maps}
     cbf, affine = load_array(maps["cbf"])
-    cbv, _ = load_array(maps["cbv"])
-    tmax, _ = load_array(maps["tmax"])
-    brain, csf = load_mask(brain_mask), load_mask(csf_mask)
-    vs = voxel_sizes(affine)
-    tissue = lesions.tissue_mask(brain, csf, cbv, vessel_cbv=vessel_cbv)
-    reference = lesions.reference_mask(tissue, tmax)
     try:
-        rcbf = lesions.relative_map(cbf, reference)
-        rcbv = lesions.relative_map(cbv, reference)
+        return lesions.hypoperfusion(cbf, load_array(maps["cbv"])[0], load_array(maps["tmax"])[0],
+                                     load_mask(brain_mask), load_mask(csf_mask), affine,
+                                     tmax_thresholds, min_cluster_ml, vessel_cbv)
     except ValueError as exc:
         raise InputError(_source(session), f"cannot normalise perfusion maps: {exc}") from exc
-    tmax_masks = lesions.tmax_lesions(tmax, tissue, vs, tmax_thresholds, min_cluster_ml)
-    return Hypoperfusion(affine, vs, brain, tissue, reference, rcbf, rcbv, tmax_masks,
-                         tmax_masks[lesions.HYPOPERFUSION_TMAX_S])
 
 
-def session_results(found: Hypoperfusion, core_ml: float | None, core_definition: str | None,
-                    age: float | None, nihss: float | None) -> dict:
-    """Volumes, mismatch metrics, CBV index, profiles and side. Without a core (``core_ml`` None)
-    the core-dependent columns (mismatch, profiles) are n/a; HIR and the CBV index remain."""
-    vs = found.voxel_size
-    results = {"core_ml": core_ml, "core_definition": core_definition,
-               **{f"tmax{thr:g}_ml": lesions.volume_ml(m, vs)
-                  for thr, m in found.tmax_masks.items()}}
-    metrics = profiles.mismatch_metrics(0.0 if core_ml is None else core_ml,
-                                        results["tmax6_ml"], results["tmax10_ml"])
-    if core_ml is None:
-        metrics.update(mismatch_ml=None, mismatch_ratio=None)
-    results.update(metrics)
-    results["cbv_index"] = lesions.cbv_index(found.rcbv, found.hypoperfused)
-    results.update(profiles.evaluate_profiles(core_ml, results["tmax6_ml"],
-                                              results["tmax10_ml"], age=age, nihss=nihss))
-    results["affected_side"] = lesions.affected_side(found.hypoperfused, found.brain, found.affine)
-    return results
+def save_hypoperfusion(found: lesions.Hypoperfusion) -> list[Path]:
+    """rCBF, rCBV, tissue and Tmax masks as work files (the datasink names them)."""
+    files = [save_array("rcbf.nii", found.rcbf, found.affine),
+             save_array("rcbv.nii", found.rcbv, found.affine),
+             save_array("tissue_mask.nii", found.tissue, found.affine, np.uint8)]
+    return files + [save_array(f"tmax{thr:g}_mask.nii", m, found.affine, np.uint8)
+                    for thr, m in found.tmax_masks.items()]
 
 
-def curves_and_qc(found: Hypoperfusion, concentration_file, input_functions_file,
-                  frame_times: list, motion: dict | None = None) -> dict:
-    """Mean curves of normal and hypoperfused tissue (for the report) and the QC flags."""
-    conc, _ = load_array(concentration_file)
-    curves = {
-        "tissue_normal": conc[found.reference].mean(axis=0).tolist(),
-        "tissue_hypoperfused": conc[found.hypoperfused].mean(axis=0).tolist()
-        if found.hypoperfused.any() else None,
-    }
-    fd = (motion or {}).get("framewise_displacement")
-    flags = qc.compute_qc_flags(
-        frame_times=np.asarray(frame_times, dtype=float),
-        tissue_curve=np.asarray(curves["tissue_normal"]),
-        input_functions=json.loads(Path(input_functions_file).read_text()),
-        brain_mask=found.brain, hypoperfused_mask=found.hypoperfused, affine=found.affine,
-        hypoperfused_curve=(None if curves["tissue_hypoperfused"] is None
-                            else np.asarray(curves["tissue_hypoperfused"])),
-        noise_sd=qc.voxel_noise_sd(conc, found.tissue),
-        framewise_displacement=None if fd is None else np.asarray(fd, dtype=float))
-    return {"curves": curves, "qc_flags": flags}
+def session_qc(found: lesions.Hypoperfusion, concentration_file, input_functions_file,
+               frame_times: list, motion: dict | None = None) -> dict:
+    """:func:`qc.session_qc` of the session's concentration and input functions."""
+    return qc.session_qc(load_array(concentration_file)[0], found,
+                         json.loads(Path(input_functions_file).read_text()), frame_times,
+                         (motion or {}).get("framewise_displacement"))
 
 
 LoadCTP = python.define(load_ctp, outputs=["ctp_file", "frame_times"])

@@ -38,10 +38,16 @@ import pandas as pd
 from fileformats.generic import File
 from pydra.compose import python
 
-from strokeperf import __version__, io, lesion_frequency, qc, report, tables
+from strokeperf import __version__, io, qc, tables
+from strokeperf.bids.derivatives import (MASK_LABELS, TEMPLATE_SPACE, map_name, mask_name,
+                                         prefix_of, session_dir, session_ids, template_mask_name,
+                                         volumes_path)
 from strokeperf.interfaces.base import records_failure
 from strokeperf.interfaces.registration import MOTION_PARAMETERS
 from strokeperf.profiles import profile_rules
+from strokeperf.reports import write_participant_report
+from strokeperf.reports.methods import (diffusion_registration_methods, motion_correction_methods,
+                                        normalisation_methods)
 
 
 #: Work-file stem -> (derivative suffix or mask label, Units, description).
@@ -54,17 +60,18 @@ MAPS = {
     "rcbf": ("rcbf", "arbitrary", "CBF relative to the mean of tissue with Tmax < 4 s"),
     "rcbv": ("rcbv", "arbitrary", "CBV relative to the mean of tissue with Tmax < 4 s"),
 }
+#: Work-file stem of each mask -> description (its label: ``bids.derivatives.MASK_LABELS``).
 MASKS = {
-    "brain_mask": ("Brain", "Brain (parenchyma and CSF) without skull"),
-    "csf_mask": ("CSF", "Cerebrospinal fluid, excluded from lesions"),
-    "tissue_mask": ("Tissue", "Brain tissue: brain without CSF and large vessels"),
-    "core_mask": ("Core", "Ischemic core"),
-    "tmax4_mask": ("Tmax4", "Tissue with Tmax > 4 s"),
-    "tmax6_mask": ("Tmax6", "Tissue with Tmax > 6 s (hypoperfusion)"),
-    "tmax8_mask": ("Tmax8", "Tissue with Tmax > 8 s"),
-    "tmax10_mask": ("Tmax10", "Tissue with Tmax > 10 s"),
-    "aif_mask": ("AIF", "Voxels averaged into the arterial input function"),
-    "vof_mask": ("VOF", "Voxels averaged into the venous output function"),
+    "brain_mask": "Brain (parenchyma and CSF) without skull",
+    "csf_mask": "Cerebrospinal fluid, excluded from lesions",
+    "tissue_mask": "Brain tissue: brain without CSF and large vessels",
+    "core_mask": "Ischemic core",
+    "tmax4_mask": "Tissue with Tmax > 4 s",
+    "tmax6_mask": "Tissue with Tmax > 6 s (hypoperfusion)",
+    "tmax8_mask": "Tissue with Tmax > 8 s",
+    "tmax10_mask": "Tissue with Tmax > 10 s",
+    "aif_mask": "Voxels averaged into the arterial input function",
+    "vof_mask": "Voxels averaged into the venous output function",
 }
 
 
@@ -77,28 +84,6 @@ def bids_uri(path: str | Path, dataset_root: str | Path | None) -> str:
         except ValueError:
             pass
     return str(path)
-
-
-def session_dir(output_dir: str | Path, session: dict) -> Path:
-    """``OUTPUT_DIR/sub-P[/ses-S]/perf``."""
-    out = Path(output_dir) / f"sub-{session['subject']}"
-    if session.get("session"):
-        out /= f"ses-{session['session']}"
-    return out / "perf"
-
-
-def prefix_of(session: dict) -> str:
-    """The input file's BIDS prefix (name without suffix and extension)."""
-    name = Path(session["perfusion_file"]).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-    return name.rsplit("_", 1)[0]
-
-
-def volumes_path(output_dir: str | Path, session: dict) -> Path:
-    """Where a session's one-row volumes TSV lives."""
-    return session_dir(output_dir, session) / f"{prefix_of(session)}_desc-{session['modality']}_volumes.tsv"
 
 
 def qc_rule(flag: str) -> str:
@@ -136,11 +121,11 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
         stem = Path(path).name.split(".")[0]
         if stem in MAPS:
             suffix, units, description = MAPS[stem]
-            dst = out_dir / f"{prefix}_desc-{mod}_{suffix}.nii.gz"
+            dst = out_dir / map_name(prefix, mod, suffix)
             sidecar, dtype = {"Description": description, "Units": units, **common}, np.float32
         else:
-            label, description = MASKS[stem]
-            dst = out_dir / f"{prefix}_desc-{mod}{label}_mask.nii.gz"
+            label, description = MASK_LABELS[stem], MASKS[stem]
+            dst = out_dir / mask_name(prefix, mod, label)
             sidecar = {"Description": description, "Type": "Brain" if label == "Brain" else "ROI",
                        **common}
             dtype = np.uint8
@@ -203,9 +188,8 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
         **({"AIFReconstruction": reconstruction} if reconstruction else {}),
         "Sources": sources,
     })
-    row = tables.session_row(f"sub-{session['subject']}",
-                             f"ses-{session['session']}" if session.get("session") else None,
-                             mod, status="ok", qc_flags=";".join(results.get("qc_flags", [])),
+    row = tables.session_row(*session_ids(session), mod, status="ok",
+                             qc_flags=";".join(results.get("qc_flags", [])),
                              **{k: v for k, v in results.items() if k in tables.GROUP_COLUMNS
                                 and k != "qc_flags"})
     volumes = volumes_path(output_dir, session)
@@ -230,7 +214,7 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
     })
     tables.write_row(volumes, row)
     # The report reads every modality's volumes row of this session from OUTPUT_DIR.
-    report.write_participant_report(output_dir, session, row, parameters, written)
+    write_participant_report(output_dir, session, row, parameters, written)
     done = Path(session["done_file"])
     done.parent.mkdir(parents=True, exist_ok=True)
     done.write_text(run_id)
@@ -274,10 +258,7 @@ def _write_motion(path: Path, motion: dict, sources: list) -> Path:
                                                "exceeded one noise SD (n/a: frame excluded)"}}
            if "censored_voxels" in motion else {}),
         "ReferenceFrame": motion["reference_index"],
-        "Method": "rigid registration of every frame to the reference, Mattes mutual information "
-                  "(ANTs), linear resampling; frames displaced less than 0.1 mm left as acquired; "
-                  "samples with a predicted resampling error above one noise SD censored and "
-                  "interpolated in time",
+        "Method": motion_correction_methods(),
         "Sources": sources,
     })
 
@@ -304,7 +285,7 @@ def _write_diffusion(out_dir: Path, prefix: str, mod: str, diffusion: dict,
         "Description": "Rigid DWI-to-perfusion transform: 4x4 matrix on scanner world coordinates "
                        "(RAS+, mm); a DWI point x lies at M @ x in the perfusion scan",
         "FromSpace": "dwi", "ToSpace": mod, "Convention": "RAS+ world mm, x_to = M @ x_from",
-        "Method": "rigid, Mattes mutual information (ANTs), centroid start, 4 resolution levels",
+        "Method": diffusion_registration_methods(),
         **common,
     })
     return _write_image(Path(diffusion["adc_perfusion"]), out_dir / f"{prefix}_desc-{mod}_adc.nii.gz",
@@ -314,7 +295,7 @@ def _write_diffusion(out_dir: Path, prefix: str, mod: str, diffusion: dict,
 
 def _remove_template_outputs(out_dir: Path, prefix: str, mod: str) -> None:
     """Delete the session's template-space masks and template transforms of this modality."""
-    space = lesion_frequency.TEMPLATE_SPACE
+    space = TEMPLATE_SPACE
     for pattern in (f"{prefix}_space-{space}_*desc-{mod}*", f"{prefix}_from-{mod}_to-{space}_*",
                     f"{prefix}_from-{space}_to-{mod}_*"):
         for path in out_dir.glob(pattern):
@@ -326,8 +307,8 @@ def _write_normalisation(out_dir: Path, prefix: str, mod: str, normalisation: di
     """Template-space lesion masks and the ANTs transforms between the session and the template."""
     space = normalisation["space"]
     for label, path in normalisation["masks"].items():
-        _write_image(Path(path), out_dir / lesion_frequency.template_mask_name(prefix, mod, label),
-                     np.uint8, {"Description": f"{MASKS[label.lower() + '_mask'][1]}, warped to "
+        _write_image(Path(path), out_dir / template_mask_name(prefix, mod, label),
+                     np.uint8, {"Description": f"{MASKS[label.lower() + '_mask']}, warped to "
                                                f"the {space} template (coverage >= 50 %)",
                                 "Type": "ROI", "Space": space, **common})
     to = f"{prefix}_from-{mod}_to-{space}_mode-image"
@@ -345,8 +326,7 @@ def _write_normalisation(out_dir: Path, prefix: str, mod: str, normalisation: di
                    f"-t {to}_desc-affine_xfm.mat (subject image to template)",
         "Inverse": f"antsApplyTransforms -r subject -t [{to}_desc-affine_xfm.mat,1] "
                    f"-t {back}_desc-warp_xfm.nii.gz (template image to subject)",
-        "Method": "Mattes mutual information, affine then SyN (ANTs), brain-masked perfusion "
-                  "baseline image to the template T1",
+        "Method": normalisation_methods(),
         "BrainDice": normalisation["brain_dice"],
         **common,
     })

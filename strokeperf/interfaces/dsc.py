@@ -14,13 +14,17 @@ from nibabel.affines import voxel_sizes
 from pydra.compose import python
 
 from strokeperf import aif as aif_stage
-from strokeperf import aif_reconstruction, brainmask, concentration, diffusion, lesions, registration
+from strokeperf import brainmask, concentration, diffusion, lesions, profiles
+from strokeperf.aif import reconstruction as aif_reconstruction
+from strokeperf.aif.venous import select_vof
+from strokeperf.bids.diffusion import check_diffusion_inputs, load_adc, load_dwi
+from strokeperf.bids.discovery import Session
+from strokeperf.bids.perfusion import load_perfusion
 from strokeperf.errors import DataError, InputError
-from strokeperf.inputs import (Session, check_diffusion_inputs, load_adc, load_dwi,
-                               load_perfusion)
 from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array
-from strokeperf.interfaces.ctp import (VESSEL_SEARCH_MARGIN_MM, curves_and_qc, hypoperfusion,
-                                       session_results, user_aif, write_input_functions)
+from strokeperf.interfaces.ctp import (load_hypoperfusion, save_hypoperfusion, session_qc, user_aif,
+                                       write_input_functions)
+from strokeperf.registration import resampling
 
 #: QC flag of a DSC session without DWI or ADC: no core, so no mismatch and no profile.
 NO_DIFFUSION_FLAG = "no_diffusion"
@@ -45,40 +49,16 @@ def load_dsc(session: dict, frame_interval: float | None = None) -> tuple[File, 
 @records_failure
 def mr_masks(session: dict, dsc_file: File, frame_times: list,
              echo_time: float) -> tuple[File, File, File, File, dict]:
-    """Bolus timing, then brain and CSF masks on the baseline S0 and the vessel search region.
-
-    The bolus is found on the whole-brain delta-R2* curve, the brain being first outlined on the
-    temporal median (unenhanced nearly everywhere); the masks are then computed on S0, the mean of
-    the pre-contrast frames. Brain voxels whose S0 is below ``aif.MR_MIN_S0_FRACTION`` of the brain
-    median are left out (no usable signal).
-    """
+    """Bolus timing, brain and CSF masks on the baseline S0, the vessel search region, and S0
+    (:func:`brainmask.mr_session_masks`)."""
     signal, affine = load_array(dsc_file)
-    vs = voxel_sizes(affine)
-    times = np.asarray(frame_times, dtype=float)
-    try:
-        outline = brainmask.mr_brain_mask(np.median(signal, axis=3), vs)
-        curve = signal[outline].mean(axis=0, dtype=np.float64)
-        ratio = np.clip(curve / np.median(curve), concentration.MIN_SIGNAL_RATIO, None)
-        bolus = concentration.require_bolus(-np.log(ratio) / echo_time, times)
-        s0 = signal[..., : bolus.baseline_end].mean(axis=3)
-        brain = brainmask.mr_brain_mask(s0, vs)
-    except DataError as exc:
-        raise InputError(_source(session), str(exc)) from exc
-    # Voxels of the outline with a low baseline signal (partial volume with bone or air,
-    # susceptibility dropout) give no usable delta-R2*: the rule of the MR AIF candidates.
-    min_s0 = aif_stage.MR_MIN_S0_FRACTION * float(np.median(s0[brain]))
-    brain &= s0 >= min_s0
-    csf = brainmask.mr_csf_mask(s0, brain, vs)
-    # Cannot fail once the brain mask has been found: its region only grows without the cut.
-    search = brainmask.mr_vessel_search_region(s0, brain, vs, VESSEL_SEARCH_MARGIN_MM,
-                                               min_s0=min_s0)
+    masks = brainmask.mr_session_masks(signal, frame_times, echo_time, voxel_sizes(affine))
     return (
-        save_array("brain_mask.nii", brain, affine, np.uint8),
-        save_array("csf_mask.nii", csf, affine, np.uint8),
-        save_array("vessel_search_mask.nii", search, affine, np.uint8),
-        save_array("s0.nii", s0, affine),
-        {"baseline_end": int(bolus.baseline_end), "arrival_s": float(bolus.arrival_s),
-         "peak_s": float(bolus.peak_s)},
+        save_array("brain_mask.nii", masks.brain, affine, np.uint8),
+        save_array("csf_mask.nii", masks.csf, affine, np.uint8),
+        save_array("vessel_search_mask.nii", masks.vessel_search, affine, np.uint8),
+        save_array("s0.nii", masks.s0, affine),
+        masks.bolus.to_record(),
     )
 
 
@@ -94,11 +74,7 @@ def dsc_concentration(session: dict, dsc_file: File, frame_times: list, echo_tim
     del signal
     raw = save_array("delta_r2s.nii", np.where(search[..., None], dr2, 0), affine)
     if leakage_correction:
-        try:
-            dr2, _ = concentration.correct_leakage(dr2, frame_times, brain,
-                                                   reference_mask=brain & ~csf)
-        except DataError as exc:
-            raise InputError(_source(session), str(exc)) from exc
+        dr2, _ = concentration.correct_leakage(dr2, frame_times, brain, reference_mask=brain & ~csf)
     tissue = concentration.denoise(dr2, brain, voxel_sizes(affine), fwhm_mm=denoise_fwhm_mm)
     return raw, save_array("delta_r2s_denoised.nii", tissue, affine)
 
@@ -108,9 +84,9 @@ def mr_input_functions(session: dict, concentration_file: File, dsc_file: File, 
                        echo_time: float, bolus: dict, vessel_search_mask: File,
                        tissue_concentration_file: File, brain_mask: File) -> tuple[File, File, File]:
     """MR AIF (the user's mask ``session["aif_mask_file"]`` when there is one, else
-    :func:`aif.select_mr_aif`: the most arterial voxels, censored at the noise floor when the
+    :func:`strokeperf.aif.mr.select_mr_aif`: the most arterial voxels, censored at the noise floor when the
     arterial signal reaches it, the censored frames then reconstructed from the brain's tissue
-    curves by :func:`aif_reconstruction.reconstruct_censored_aif`) and VOF; the AIF is scaled to
+    curves by :func:`strokeperf.aif.reconstruction.reconstruct_censored_aif`) and VOF; the AIF is scaled to
     the VOF's area."""
     conc, affine = load_array(concentration_file)
     search = load_mask(vessel_search_mask)
@@ -119,16 +95,13 @@ def mr_input_functions(session: dict, concentration_file: File, dsc_file: File, 
     extra = {}
     if aif is None:
         signal, _ = load_array(dsc_file)
-        try:
-            aif = aif_stage.select_aif(conc, times, search, modality="mr", signal=signal,
-                                       baseline_end=bolus["baseline_end"], echo_time=echo_time)
-        except DataError as exc:
-            raise InputError(_source(session), str(exc)) from exc
+        aif = aif_stage.select_aif(conc, times, search, modality="mr", signal=signal,
+                                   baseline_end=bolus["baseline_end"], echo_time=echo_time)
         del signal
         if aif.censored_fraction is not None and np.any(aif.censored_fraction > 0):
             aif, extra = _reconstruct_saturated_aif(session, aif, times, tissue_concentration_file,
                                                     brain_mask)
-    vof = aif_stage.select_vof(conc, times, search, aif)
+    vof = select_vof(conc, times, search, aif)
     return write_input_functions(aif, vof, times, conc.shape[:3], affine, source, extra)
 
 
@@ -137,13 +110,10 @@ def _reconstruct_saturated_aif(session: dict, aif, times: np.ndarray, tissue_con
     """The censored AIF with its censored frames filled from the tissue, and the record entries
     that describe it (``aif_measured``, ``aif_censored_fraction``, ``aif_reconstruction``)."""
     tissue, _ = load_array(tissue_concentration_file)
-    try:
-        curves = aif_reconstruction.sample_tissue(tissue, load_mask(brain_mask))
-        del tissue
-        result = aif_reconstruction.reconstruct_censored_aif(aif.curve, aif.censored_fraction,
-                                                             aif.censor_level, times, curves)
-    except DataError as exc:
-        raise InputError(_source(session), str(exc)) from exc
+    curves = aif_reconstruction.sample_tissue(tissue, load_mask(brain_mask))
+    del tissue
+    result = aif_reconstruction.reconstruct_censored_aif(aif.curve, aif.censored_fraction,
+                                                         aif.censor_level, times, curves)
     extra = {"aif_measured": np.asarray(aif.curve).tolist(),
              "aif_censored_fraction": np.round(aif.censored_fraction, 4).tolist(),
              "aif_reconstruction": {
@@ -185,8 +155,8 @@ def load_diffusion(session: dict) -> dict:
         adc_method = "scanner ADC map"
         if b0 is not None and (adc.shape != b0.shape or not np.allclose(adc_affine, affine,
                                                                          atol=1e-3)):
-            b0 = registration.resample_image(b0, affine, np.eye(4), adc.shape, adc_affine)
-            brain = registration.resample_mask(brain, affine, np.eye(4), adc.shape, adc_affine)
+            b0 = resampling.resample_image(b0, affine, np.eye(4), adc.shape, adc_affine)
+            brain = resampling.resample_mask(brain, affine, np.eye(4), adc.shape, adc_affine)
         affine = adc_affine
     else:
         adc = diffusion.adc_from_dwi(dwi, bvals, mask=brain)
@@ -223,10 +193,10 @@ def diffusion_core(session: dict, diffusion_record: dict, perfusion_image: File,
         raise InputError(record["registration_source"], str(exc)) from exc
     target, target_affine = load_array(perfusion_image)
     transform = np.asarray(record["transform"], dtype=float)
-    core_perf = registration.resample_mask(core, affine, transform, target.shape, target_affine)
+    core_perf = resampling.resample_mask(core, affine, transform, target.shape, target_affine)
     # resample_image takes the "target -> image" direction: perfusion -> DWI.
-    adc_perf = registration.resample_image(adc, affine, np.linalg.inv(transform), target.shape,
-                                           target_affine, order=1, mode="constant")
+    adc_perf = resampling.resample_image(adc, affine, np.linalg.inv(transform), target.shape,
+                                         target_affine, order=1, mode="constant")
     record.update({
         "core_ml": lesions.volume_ml(core, vs),
         "core_definition": f"ADC<{core_adc:g}",
@@ -249,17 +219,18 @@ def dsc_lesions(session: dict, perfusion_maps: list[File], brain_mask: File, csf
     Without DWI or ADC the core and everything that depends on it are n/a and the QC flag
     ``no_diffusion`` is raised; the Tmax volumes, HIR and CBV index are still reported.
     """
-    found = hypoperfusion(session, perfusion_maps, brain_mask, csf_mask, tmax_thresholds,
-                          min_cluster_ml, vessel_cbv)
+    found = load_hypoperfusion(session, perfusion_maps, brain_mask, csf_mask, tmax_thresholds,
+                               min_cluster_ml, vessel_cbv)
     has_core = bool(diffusion_record.get("available"))
-    results = session_results(found, diffusion_record.get("core_ml") if has_core else None,
-                              diffusion_record.get("core_definition") if has_core else None,
-                              age, nihss)
-    results.update(curves_and_qc(found, concentration_file, input_functions_file, frame_times,
-                                 motion))
+    results = profiles.session_results(found,
+                                       diffusion_record.get("core_ml") if has_core else None,
+                                       diffusion_record.get("core_definition") if has_core else None,
+                                       age, nihss)
+    results.update(session_qc(found, concentration_file, input_functions_file, frame_times,
+                              motion))
     if not has_core:
         results["qc_flags"] = [*results["qc_flags"], NO_DIFFUSION_FLAG]
-    files = found.save() + ([Path(diffusion_record["core_mask"])] if has_core else [])
+    files = save_hypoperfusion(found) + ([Path(diffusion_record["core_mask"])] if has_core else [])
     return files, results
 
 

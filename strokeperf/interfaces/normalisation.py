@@ -1,5 +1,6 @@
 """pydra task of the optional spatial normalisation: a session's lesion masks to template space
-(:func:`strokeperf.registration.normalise_to_template`). Paths in, stage functions, paths out.
+(:func:`strokeperf.registration.template.normalise_to_template`). Paths in, stage functions, paths
+out.
 """
 
 from __future__ import annotations
@@ -11,19 +12,13 @@ import numpy as np
 from fileformats.generic import File
 from pydra.compose import python
 
-from strokeperf import registration
+from strokeperf.bids.derivatives import LESION_LABELS, MASK_LABELS, TEMPLATE_SPACE
 from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array
-from strokeperf.lesion_frequency import LESION_LABELS, SIDE_LABEL, TEMPLATE_SPACE, template_side
+from strokeperf.lesion_frequency import SIDE_LABEL, template_side
+from strokeperf.registration import template
 
 #: Work-file stem of each lesion mask (``core_mask.nii``, ``tmax6_mask.nii``) -> its label.
-LABEL_OF_STEM = {f"{label.lower()}_mask": label for label in LESION_LABELS}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks (Dice 1945); 1.0 when both are empty."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
+LABEL_OF_STEM = {stem: label for stem, label in MASK_LABELS.items() if label in LESION_LABELS}
 
 
 @records_failure
@@ -50,8 +45,8 @@ def normalise_session(session: dict, reference_image: File, brain_mask: File,
     brain = load_mask(brain_mask)
     started = time.perf_counter()
     try:
-        transforms, _ = registration.normalise_to_template(image, affine, brain,
-                                                           out_dir=Path.cwd() / "template")
+        transforms, _ = template.normalise_to_template(image, affine, brain,
+                                                       out_dir=Path.cwd() / "template")
     except Exception as exc:  # noqa: BLE001 - an optional group-analysis step must not fail the session
         message = " ".join(f"{type(exc).__name__}: {exc}".split())
         return {"enabled": True, "failed": f"normalisation to the template failed: {message}"}
@@ -60,10 +55,10 @@ def normalise_session(session: dict, reference_image: File, brain_mask: File,
     for path in lesion_maps:
         label = LABEL_OF_STEM.get(Path(path).name.split(".")[0])
         if label is not None:
-            warped = registration.warp_mask_to_template(load_mask(path), affine, transforms)
+            warped = template.warp_mask_to_template(load_mask(path), affine, transforms)
             masks[label] = str(save_array(f"template_{label}_mask.nii", warped, t_affine, np.uint8))
-    _, template_brain, _ = registration.load_template()
-    warped_brain = registration.warp_mask_to_template(brain, affine, transforms)
+    _, template_brain, _ = template.load_template()
+    warped_brain = template.warp_mask_to_template(brain, affine, transforms)
     side = template_side(load_mask(masks[SIDE_LABEL]), t_affine) if SIDE_LABEL in masks else None
     return {
         "enabled": True,
@@ -73,7 +68,7 @@ def normalise_session(session: dict, reference_image: File, brain_mask: File,
         "inverse_warp_file": transforms.inverse_warp_file,
         "masks": masks,
         "affected_side": side,
-        "brain_dice": round(dice(warped_brain, template_brain), 4),
+        "brain_dice": round(template.dice(warped_brain, template_brain), 4),
         "seconds": time.perf_counter() - started,
     }
 

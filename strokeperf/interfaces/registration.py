@@ -1,5 +1,6 @@
 """pydra tasks shared by the perfusion workflows: motion correction and DWI-to-perfusion
-co-registration (:mod:`strokeperf.registration`). Paths in, stage functions, paths out.
+co-registration (:mod:`strokeperf.registration.motion`,
+:mod:`strokeperf.registration.coregistration`). Paths in, stage functions, paths out.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import numpy as np
 from fileformats.generic import File
 from pydra.compose import python
 
-from strokeperf import registration
+from strokeperf.bids.perfusion import MIN_FRAMES
 from strokeperf.errors import DataError, InputError
-from strokeperf.inputs import MIN_FRAMES
 from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array
+from strokeperf.registration import coregistration, motion, resampling
 
 #: Columns of the rigid parameters in the motion record and the ``_motion.tsv`` derivative
 #: (fMRIPrep's confound names): translations of the field-of-view centre (mm), rotations about it
@@ -33,7 +34,7 @@ def motion_correct_series(session: dict, series_file: File, frame_times: list,
     """Rigid motion correction of a 4D perfusion series; frames flagged ``excluded`` are dropped,
     samples that resampling cannot restore are censored.
 
-    :func:`registration.motion_correct`, then :func:`registration.censor_resampling_errors` on the
+    :func:`motion.motion_correct`, then :func:`motion.censor_resampling_errors` on the
     kept frames: in a moved frame, voxels next to bone, scalp or CSF whose resampling error
     predicted for a static head exceeds one noise SD are replaced by interpolation in time between the voxel's
     clean frames. Returns the corrected series (only the kept frames), their onsets (s) and a
@@ -47,7 +48,7 @@ def motion_correct_series(session: dict, series_file: File, frame_times: list,
     series, affine = load_array(series_file)
     started = time.perf_counter()
     try:
-        mc = registration.motion_correct(series, affine)
+        mc = motion.motion_correct(series, affine)
     except DataError as exc:
         raise InputError(session["perfusion_file"], f"motion correction failed: {exc}") from exc
     del series
@@ -58,8 +59,8 @@ def motion_correct_series(session: dict, series_file: File, frame_times: list,
                          f"through the plane; fewer than {MIN_FRAMES} usable frames remain")
     times = np.asarray(frame_times, dtype=float)
     corrected = mc.corrected if keep.all() else mc.corrected[..., keep]
-    censoring = registration.censor_resampling_errors(corrected, mc.transforms[keep], affine,
-                                                      times[keep])
+    censoring = motion.censor_resampling_errors(corrected, mc.transforms[keep], affine,
+                                                times[keep])
     seconds = time.perf_counter() - started
     path = save_array("motion_corrected.nii", corrected, affine)
     record = {
@@ -86,9 +87,9 @@ def coregister_diffusion(session: dict, diffusion: dict, fixed_image: File,
     to the perfusion baseline image.
 
     ``diffusion`` is the record of the diffusion loading task (``available`` False: returned as is).
-    Adds ``transform``: 4x4 RAS mm, ``x_perfusion = T @ x_dwi`` (:func:`registration.coregister`).
+    Adds ``transform``: 4x4 RAS mm, ``x_perfusion = T @ x_dwi`` (:func:`coregistration.coregister`).
     Without a DWI series (scanner ADC only) there is no DWI brain mask: the perfusion brain mask is
-    carried back into DWI space (coverage >= 50 %, :func:`registration.resample_mask`).
+    carried back into DWI space (coverage >= 50 %, :func:`resampling.resample_mask`).
     """
     record = dict(diffusion)
     if not record.get("available"):
@@ -96,14 +97,14 @@ def coregister_diffusion(session: dict, diffusion: dict, fixed_image: File,
     image, dwi_affine = load_array(record["registration_image"])
     fixed, fixed_affine = load_array(fixed_image)
     try:
-        transform, _ = registration.coregister(image, dwi_affine, fixed, fixed_affine)
+        transform, _ = coregistration.coregister(image, dwi_affine, fixed, fixed_affine)
     except DataError as exc:
         raise InputError(record["registration_source"], f"cannot be registered to the perfusion "
                                                         f"series: {exc}") from exc
     record["transform"] = np.asarray(transform, dtype=float).tolist()
     if record.get("brain_mask") is None:
-        brain = registration.resample_mask(load_mask(fixed_brain_mask), fixed_affine,
-                                           np.linalg.inv(transform), image.shape, dwi_affine)
+        brain = resampling.resample_mask(load_mask(fixed_brain_mask), fixed_affine,
+                                         np.linalg.inv(transform), image.shape, dwi_affine)
         record["brain_mask"] = str(save_array("dwi_brain_mask.nii", brain, dwi_affine, np.uint8))
     return record
 

@@ -1,41 +1,21 @@
-"""DSC-MRI workflow of one session, with the ischemic core from diffusion imaging.
+"""DSC-MRI workflow of one session, with the ischemic core from diffusion imaging: load, motion
+correction, MR masks with the bolus timing, delta-R2* (optionally leakage-corrected), input functions
+(a saturated AIF reconstructed), deconvolution, the diffusion core registered to the DSC grid,
+lesions and profiles, optional normalisation to the template, and the datasink.
 
-Methods (the report's boilerplate uses this text): The DSC-MRI series was read with its frame
-timing (BIDS ``VolumeTiming`` or ``RepetitionTime``) and echo time. Every frame was aligned rigidly
-to a reference frame (the frame closest to the temporal median) by Mattes mutual information in
-ANTs, frames displaced through the slice plane by more than half a slice thickness were excluded,
-and framewise displacement was recorded; in moved frames, samples whose resampling error predicted
-for a static head exceeded one noise SD (next to bone, scalp and CSF) were replaced by linear
-interpolation in time. The bolus was detected on the whole-brain delta-R2* curve; the brain was
-segmented on the mean pre-contrast image (S0) and CSF identified as its bright voxels. The signal
-was converted to delta-R2* = -ln(S/S0)/TE, optionally corrected for contrast leakage
-(Boxerman-Schmainda-Weisskoff), and smoothed within the brain. The arterial input function was
-selected automatically (early, high, narrow curves, excluding venous ones): where the arterial
-signal reached the noise floor, from those voxels with delta-R2* censored at the floor level, the
-censored frames then filled with the gamma-variate first pass under which the brain's tissue curves
-were most likely given the tracer-kinetic model (model-based blind estimation, Fluckiger et al.
-2009), else among voxels whose signal stayed above it; it was scaled to the area of the venous
-output function.
-The tissue curves were deconvolved (by default a Bayesian fit of a tracer-kinetic model of delay,
-dispersion and transit time) to give CBF, CBV, MTT, Tmax and TTP; relative maps were normalised to
-tissue with Tmax < 4 s and hypoperfusion was Tmax > 6 s, CSF and large vessels excluded and
-clusters under the minimum size removed. The ischemic core was ADC below the threshold (the scanner
-ADC map, else ADC computed from the DWI), measured in DWI space after removal of CSF partial volume
-and small clusters; the DWI (mean b = 0 image, else the ADC map) was registered rigidly to the DSC
-S0 image by mutual information to carry the core onto the perfusion grid. Mismatch was the Tmax > 6
-s volume minus the core volume."""
+The methods paragraph of this workflow, stating the values a run used, is generated from its
+parameters by :func:`strokeperf.reports.methods.dsc_methods` (the report, the README excerpt and the
+sidecars use it); keep that function in step when a step here changes."""
 
 from __future__ import annotations
 
 from fileformats.generic import File
 from pydra.compose import workflow
 
-from strokeperf.interfaces.ctp import Deconvolve
-from strokeperf.interfaces.derivatives import WriteDerivatives
 from strokeperf.interfaces.dsc import (DiffusionCore, DSCConcentration, DSCLesions, LoadDiffusion,
                                        LoadDSC, MRInputFunctions, MRMasks)
-from strokeperf.interfaces.normalisation import NormaliseSession
 from strokeperf.interfaces.registration import CoregisterDiffusion, MotionCorrect
+from strokeperf.workflows.common import add_deconvolution, add_outputs
 
 
 @workflow.define(outputs=["volumes"])
@@ -62,12 +42,7 @@ def DSCSession(session: dict, output_dir: str, run_id: str, config: dict) -> Fil
                                            vessel_search_mask=masks.vessel_search_mask,
                                            tissue_concentration_file=conc.tissue_concentration,
                                            brain_mask=masks.brain_mask))
-    maps = workflow.add(Deconvolve(session=session, concentration_file=conc.tissue_concentration,
-                                   brain_mask=masks.brain_mask,
-                                   input_functions_file=inputs.input_functions,
-                                   frame_times=motion.frame_times, method=config["deconvolution"],
-                                   options=config.get("deconvolution_options", {}),
-                                   unsmoothed_concentration_file=conc.concentration))
+    maps = add_deconvolution(session, config, conc, masks, inputs, motion)
     dwi = workflow.add(LoadDiffusion(session=session))
     coreg = workflow.add(CoregisterDiffusion(session=session, diffusion=dwi.diffusion,
                                              fixed_image=masks.s0,
@@ -86,15 +61,7 @@ def DSCSession(session: dict, output_dir: str, run_id: str, config: dict) -> Fil
                                      vessel_cbv=config["vessel_cbv"],
                                      age=session.get("age"), nihss=session.get("nihss"),
                                      motion=motion.motion))
-    norm = workflow.add(NormaliseSession(session=session, reference_image=masks.s0,
-                                         brain_mask=masks.brain_mask,
-                                         lesion_maps=lesion.lesion_maps,
-                                         enabled=config.get("normalise", False)))
-    sink = workflow.add(WriteDerivatives(
-        session=session, output_dir=output_dir, run_id=run_id, maps=maps.perfusion_maps,
-        lesion_maps=lesion.lesion_maps, brain_mask=masks.brain_mask, csf_mask=masks.csf_mask,
-        aif_mask=inputs.aif_mask, vof_mask=inputs.vof_mask, input_functions=inputs.input_functions,
-        results=lesion.results, parameters=config, motion=motion.motion,
-        normalisation=norm.normalisation,
-        diffusion=core.diffusion))
+    sink = add_outputs(session, output_dir, run_id, config, reference_image=masks.s0,
+                       masks=masks, inputs=inputs, maps=maps, lesion=lesion, motion=motion,
+                       diffusion=core.diffusion)
     return sink.volumes

@@ -14,13 +14,11 @@ import numpy as np
 import pandas as pd
 
 from strokeperf import io, lesions, profiles, tables
+from strokeperf.bids.derivatives import MASK_LABELS
 from strokeperf.kinetics import gamma_variate
 
 MAP_UNITS = {"cbf": "mL/100g/min", "cbv": "mL/100g", "mtt": "s", "tmax": "s", "ttp": "s",
              "rcbf": "arbitrary", "rcbv": "arbitrary"}
-MASK_LABELS = {"brain_mask": "Brain", "csf_mask": "CSF", "tissue_mask": "Tissue", "core_mask": "Core",
-               "tmax4_mask": "Tmax4", "tmax6_mask": "Tmax6", "tmax8_mask": "Tmax8",
-               "tmax10_mask": "Tmax10", "aif_mask": "AIF", "vof_mask": "VOF"}
 PARAMETERS = {"deconvolution": "bcsvd", "denoise_fwhm_mm": 5.0, "core_rcbf": 0.3,
               "tmax_thresholds": [4.0, 6.0, 8.0, 10.0], "min_cluster_ml": 1.0, "vessel_cbv": 10.0}
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strokeperf import aif as aif_stage
 from strokeperf import kinetics
+from strokeperf.aif.arterial import aif_from_mask, read_aif_mask
 from strokeperf.cli import main
 from strokeperf.errors import DataError, InputError
 
@@ -34,7 +34,7 @@ def test_aif_from_mask_is_the_mean_of_the_mask_voxels():
     conc, artery, sinus = series()
     mask = np.zeros(conc.shape[:3], np.uint8)
     mask[5:7, 5:7, 1] = 1  # the user may pick any voxels, here the sinus
-    got = aif_stage.aif_from_mask(conc, T, mask)
+    got = aif_from_mask(conc, T, mask)
     mean = conc[5:7, 5:7, 1].reshape(-1, T.size).mean(axis=0)
     # the mean of the voxels, on its own pre-contrast baseline
     pre = T < got.arrival_s - (T[1] - T[0])
@@ -51,7 +51,7 @@ def test_aif_from_mask_is_the_mean_of_the_mask_voxels():
 def test_aif_from_mask_rejects_empty_or_misshapen_masks(mask, words):
     conc, _, _ = series()
     with pytest.raises(DataError, match=words):
-        aif_stage.aif_from_mask(conc, T, mask)
+        aif_from_mask(conc, T, mask)
 
 
 def test_aif_from_mask_rejects_a_curve_without_bolus():
@@ -59,21 +59,21 @@ def test_aif_from_mask_rejects_a_curve_without_bolus():
     mask = np.zeros(conc.shape[:3], bool)
     mask[0, 7, 0] = True  # tissue noise only
     with pytest.raises(DataError, match="no usable bolus"):
-        aif_stage.aif_from_mask(conc, T, mask)
+        aif_from_mask(conc, T, mask)
 
 
 def test_read_aif_mask_checks_the_grid_and_names_the_file(tmp_path):
     affine = np.diag([2.0, 2.0, 5.0, 1.0])
     path = tmp_path / "sub-01_desc-ctpAIF_mask.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((8, 8, 3), np.uint8), affine), path)
-    assert aif_stage.read_aif_mask(path, (8, 8, 3), affine).all()
+    assert read_aif_mask(path, (8, 8, 3), affine).all()
     with pytest.raises(InputError, match="does not match") as info:
-        aif_stage.read_aif_mask(path, (8, 8, 4), affine)
+        read_aif_mask(path, (8, 8, 4), affine)
     assert str(path) in str(info.value)
     shifted = affine.copy()
     shifted[0, 3] = 3.0
     with pytest.raises(InputError, match="does not match"):
-        aif_stage.read_aif_mask(path, (8, 8, 3), shifted)
+        read_aif_mask(path, (8, 8, 3), shifted)
 
 
 def _run(bids: Path, out: Path, work: Path, *extra) -> pd.DataFrame:

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strokeperf import registration as reg
 from strokeperf.phantom import PhantomConfig, generate_dataset, read_truth
+from strokeperf.registration import motion as reg_motion
+from strokeperf.registration import resampling
 
 VOXEL_MM = (3.0, 3.0, 5.0)
 CASES = {
@@ -137,8 +138,9 @@ def test_dwi_to_perfusion_registration_error_below_1_5_mm(mri, label):
     written = np.loadtxt(perf / f"sub-{label}_from-dwi_to-dsc_mode-image_xfm.txt")
     truth = json.loads((root / "bids/truth" / f"sub-{label}_truth.json").read_text())
     brain = nib.load(perf / f"sub-{label}_space-dwi_desc-dscBrain_mask.nii.gz")
-    points = reg.world_points(np.asarray(brain.dataobj) > 0, brain.affine)
-    error = reg.mean_displacement(np.linalg.inv(truth["dwi_to_perfusion_world"]) @ written, points)
+    points = resampling.world_points(np.asarray(brain.dataobj) > 0, brain.affine)
+    error = reg_motion.mean_displacement(np.linalg.inv(truth["dwi_to_perfusion_world"]) @ written,
+                                         points)
     assert error < 1.5, error
 
 

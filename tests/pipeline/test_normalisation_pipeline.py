@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from strokeperf import registration as reg
+from strokeperf.bids.derivatives import TEMPLATE_SPACE, frequency_name, template_mask_name
 from strokeperf.cli import main
-from strokeperf.lesion_frequency import TEMPLATE_SPACE, frequency_name, template_mask_name
 from strokeperf.phantom import PhantomConfig, generate_dataset, read_truth
+from strokeperf.registration import resampling, template
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "browser"))
 
@@ -67,13 +67,9 @@ def _truth(bids: Path, label: str, mod: str, name: str) -> nib.Nifti1Image:
     return nib.load(str(bids / "truth" / f"sub-{label}_mod-{mod}_{name}.nii.gz"))
 
 
-def _dice(a, b) -> float:
-    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
-
-
 def test_session_outputs_in_template_space(normalised):
     _, out, _ = normalised
-    t1, _, t_affine = reg.load_template()
+    t1, _, t_affine = template.load_template()
     for label, (mod, _) in CASES.items():
         perf = _perf(out, label)
         for lesion in ("Core", "Tmax4", "Tmax6", "Tmax8", "Tmax10"):
@@ -98,8 +94,8 @@ def test_saved_transforms_map_the_session_onto_the_template(normalised, label):
     bids, out, _ = normalised
     mod = CASES[label][0]
     perf = _perf(out, label)
-    t1, brain, t_affine = reg.load_template()
-    forward = reg.TemplateTransforms(
+    t1, brain, t_affine = template.load_template()
+    forward = template.TemplateTransforms(
         affine_file=str(perf / f"sub-{label}_{XFM.format(mod=mod, kind='affine')}.mat"),
         warp_file=str(perf / f"sub-{label}_{XFM.format(mod=mod, kind='warp')}.nii.gz"),
         inverse_warp_file="", directory=str(perf), template_shape=t1.shape, template_affine=t_affine)
@@ -109,17 +105,17 @@ def test_saved_transforms_map_the_session_onto_the_template(normalised, label):
     world = ijk @ affine[:3, :3].T + affine[:3, 3]
     # Each world coordinate of the session, warped: at a template voxel it must equal that voxel's
     # own MNI coordinate (the phantom's world is MNI).
-    mapped = np.stack([reg.warp_to_template(world[:, a].reshape(shape), affine, forward)[brain]
+    mapped = np.stack([template.warp_to_template(world[:, a].reshape(shape), affine, forward)[brain]
                        for a in range(3)], axis=1)
     target = np.argwhere(brain) @ t_affine[:3, :3].T + t_affine[:3, 3]
     inside = (target[:, 2] > world[:, 2].min() + 5) & (target[:, 2] < world[:, 2].max() - 5)
     error = np.linalg.norm(mapped - target, axis=1)[inside]
     assert error.mean() < 2.5, error.mean()
     lesion = np.asarray(truth.dataobj) > 0
-    expected = reg.resample_mask(lesion, affine, np.eye(4), t1.shape, t_affine)
-    assert _dice(reg.warp_mask_to_template(lesion, affine, forward), expected) > 0.85
+    expected = resampling.resample_mask(lesion, affine, np.eye(4), t1.shape, t_affine)
+    assert template.dice(template.warp_mask_to_template(lesion, affine, forward), expected) > 0.85
     # The pipeline's own template-space lesion (estimation plus registration error).
-    assert _dice(_template_mask(out, label, mod, "Tmax6"), expected) > 0.75
+    assert template.dice(_template_mask(out, label, mod, "Tmax6"), expected) > 0.75
 
 
 def test_affected_side_in_template_space_is_the_truth(normalised):

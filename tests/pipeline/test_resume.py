@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_phantom
-from strokeperf.cli import pipeline_cache_root
+from strokeperf.cli.cache import pipeline_cache_root
 
 N_SESSIONS = 3
 #: A run of three small sessions takes about a minute; a hang must fail the test, not the CI.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from strokeperf import aif as aif_stage
 from strokeperf import kinetics
-from strokeperf.aif import scale_aif_by_vof, select_aif, select_vof
+from strokeperf.aif import select_aif
+from strokeperf.aif.venous import crossfit_venous_curve, scale_aif_by_vof, select_vof
 from strokeperf.errors import DataError
 
 T = np.arange(0.0, 60.0, 1.0)
@@ -157,11 +157,11 @@ def test_crossfit_venous_curve_averages_the_largest_curves_on_the_other_frames()
     scale = rng.uniform(0.2, 1.0, 50)
     scale[[3, 17, 40]] = 1.5                        # three clearly largest curves
     curves = scale[:, None] * shape + 7.0           # a constant offset: removed by the baselines
-    curve, chosen = aif_stage.crossfit_venous_curve(curves, T, baseline_end=6, n_voxels=3)
+    curve, chosen = crossfit_venous_curve(curves, T, baseline_end=6, n_voxels=3)
     np.testing.assert_allclose(curve, 1.5 * shape - 1.5 * shape[:6].mean(), atol=1e-9)
     assert sorted(chosen) == [3, 17, 40]
     with pytest.raises(ValueError, match="2 pre-contrast frames"):
-        aif_stage.crossfit_venous_curve(curves, T, baseline_end=1, n_voxels=3)
+        crossfit_venous_curve(curves, T, baseline_end=1, n_voxels=3)
 
 
 @pytest.mark.parametrize("seed", range(3))

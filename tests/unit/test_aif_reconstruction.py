@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from strokeperf import kinetics
-from strokeperf.aif_reconstruction import reconstruct_censored_aif, sample_tissue
+from strokeperf.aif.reconstruction import reconstruct_censored_aif, sample_tissue
 from strokeperf.errors import DataError
-from strokeperf.parametric import ParametricDeconvolution
+from strokeperf.deconvolution.parametric import ParametricDeconvolution
+from parametric_curves import model_curve
 
 T = np.arange(50) * 1.5                      # s, a DSC protocol
 LEVEL = 90.0                                 # 1/s, where the arterial signal reaches the floor
@@ -32,7 +33,7 @@ def tissue():
     for _ in range(600):
         delay, disp = rng.uniform(0, 8), rng.choice([0.0, 1.0, 3.0])
         mtt, shape = rng.uniform(2, 12), rng.choice([1.0, 3.0, 12.0])
-        unit = model.model_curve(delay=delay, mtt=mtt, dispersion=disp, shape=shape)
+        unit = model_curve(model, delay=delay, mtt=mtt, dispersion=disp, shape=shape)
         curve = unit * rng.uniform(8, 20) / unit.max()
         curves.append(curve + rng.normal(0, 0.3, T.size))
     return np.array(curves, dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Input discovery, timing and validation (SPEC.md "Inputs" and "Bad input")."""
+"""Input discovery, timing and validation, strokeperf.bids (SPEC.md "Inputs" and "Bad input")."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import pytest
 
 from strokeperf.errors import (EXIT_MISSING_INPUT, EXIT_NO_MATCH, EXIT_NOT_BIDS, InputError,
                                MissingInputError, NoMatchError, NotBIDSError)
-from strokeperf.inputs import (MIN_FRAMES, Session, check_diffusion_inputs, discover_sessions,
-                               load_adc, load_dwi, load_perfusion, read_frame_times,
-                               read_participants)
+from strokeperf.bids.diffusion import check_diffusion_inputs, load_adc, load_dwi
+from strokeperf.bids.discovery import Session, discover_sessions
+from strokeperf.bids.participants import read_participants
+from strokeperf.bids.perfusion import MIN_FRAMES, load_perfusion
+from strokeperf.bids.sidecars import read_frame_times
 
 N_FRAMES = 20
 
@@ -212,7 +214,7 @@ def test_subjects_without_perfusion_is_no_match(bids):
 def test_missing_dataset_description_is_a_warning(tmp_path, caplog):
     root = tmp_path / "raw"
     add_ctp(root, "01", "acute")
-    with caplog.at_level(logging.WARNING, logger="strokeperf.inputs"):
+    with caplog.at_level(logging.WARNING, logger="strokeperf.bids.discovery"):
         assert len(discover_sessions(root)) == 1
     assert "dataset_description.json" in caplog.text
 
@@ -220,7 +222,7 @@ def test_missing_dataset_description_is_a_warning(tmp_path, caplog):
 def test_file_named_for_another_subject_is_skipped_with_warning(bids, caplog):
     add_ctp(bids, "01", "acute")
     stray = write_nifti(bids / "sub-02/ses-acute/ct/sub-03_ses-acute_ctp.nii.gz", series())
-    with caplog.at_level(logging.WARNING, logger="strokeperf.inputs"):
+    with caplog.at_level(logging.WARNING, logger="strokeperf.bids.discovery"):
         assert [s.subject for s in discover_sessions(bids)] == ["01"]
     assert f"{stray}: file name does not match its folder sub-02/ses-acute" in caplog.text
 

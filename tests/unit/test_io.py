@@ -44,7 +44,7 @@ def test_stale_pydra_locks_of_dead_processes_are_removed(tmp_path):
     import subprocess
     import sys
 
-    from strokeperf.cli import remove_stale_locks
+    from strokeperf.cli.cache import remove_stale_locks
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
@@ -63,7 +63,7 @@ def test_file_hash_cache_lives_in_the_work_dir_and_its_dead_locks_are_cleared(tm
     on it forever (it did, with the user-wide cache)."""
     from pydra.utils.hash import PersistentCache
 
-    from strokeperf.cli import use_work_dir_hash_cache
+    from strokeperf.cli.cache import use_work_dir_hash_cache
 
     monkeypatch.delenv("PYDRA_HASH_CACHE", raising=False)
     cache = tmp_path / "work" / "pydra_hashes"
@@ -82,41 +82,42 @@ def test_pipeline_cache_is_keyed_on_the_code(tmp_path, monkeypatch):
     deconvolution step was reused across a change of parametric.py)."""
     import shutil
 
-    from strokeperf import __version__, cli
+    from strokeperf import __version__
+    from strokeperf.cli import cache
 
     package = tmp_path / "strokeperf"
-    shutil.copytree(cli.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
-    before = cli.code_fingerprint(package)
-    assert cli.code_fingerprint(package) == before            # same code, same cache: resumable
+    shutil.copytree(cache.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    before = cache.code_fingerprint(package)
+    assert cache.code_fingerprint(package) == before            # same code, same cache: resumable
     (package / "__pycache__").mkdir(exist_ok=True)
     (package / "__pycache__" / "x.pyc").write_bytes(b"compiled")  # not source
-    assert cli.code_fingerprint(package) == before
-    source = package / "parametric.py"
+    assert cache.code_fingerprint(package) == before
+    source = package / "deconvolution" / "parametric.py"
     source.write_text(source.read_text() + "\n# edited\n")
-    assert cli.code_fingerprint(package) != before
-    (package / "parametric.py").unlink()
-    assert cli.code_fingerprint(package) != before
+    assert cache.code_fingerprint(package) != before
+    source.unlink()
+    assert cache.code_fingerprint(package) != before
 
     # A dependency upgrade counts as a change of the code (ANTsPy or numpy can change results).
-    versions = cli.dependency_versions()
+    versions = cache.dependency_versions()
     import numpy
     assert versions["numpy"] == numpy.__version__ and "antspyx" in versions and "pytest" not in versions
     upgraded = dict(versions, antspyx=versions["antspyx"] + ".post1")
-    assert cli.code_fingerprint(package, versions) != cli.code_fingerprint(package, upgraded)
-    assert cli.code_fingerprint(package, versions) == cli.code_fingerprint(package)
+    assert cache.code_fingerprint(package, versions) != cache.code_fingerprint(package, upgraded)
+    assert cache.code_fingerprint(package, versions) == cache.code_fingerprint(package)
 
-    root = cli.pipeline_cache_root(tmp_path / "work")
+    root = cache.pipeline_cache_root(tmp_path / "work")
     assert root.parent == tmp_path / "work" / "pydra"
-    assert root.name == f"{__version__}-{cli.code_fingerprint()[:12]}"
-    monkeypatch.setattr(cli, "code_fingerprint", lambda: "f" * 64)
-    assert cli.pipeline_cache_root(tmp_path / "work").name == f"{__version__}-{'f' * 12}"
+    assert root.name == f"{__version__}-{cache.code_fingerprint()[:12]}"
+    monkeypatch.setattr(cache, "code_fingerprint", lambda: "f" * 64)
+    assert cache.pipeline_cache_root(tmp_path / "work").name == f"{__version__}-{'f' * 12}"
 
 
 def test_caches_of_other_code_are_listed_for_the_user_to_delete(tmp_path):
-    from strokeperf import cli
+    from strokeperf.cli import cache
 
-    ours = cli.pipeline_cache_root(tmp_path / "work")
-    assert cli.other_code_caches(ours) == []                       # no work directory yet
+    ours = cache.pipeline_cache_root(tmp_path / "work")
+    assert cache.other_code_caches(ours) == []                       # no work directory yet
     (ours / "slurm_scripts").mkdir(parents=True)                   # pydra's own, inside ours
     (ours / ("python-" + "a" * 32)).mkdir()
     older = ours.parent / "0.0.9-0123456789ab"
@@ -124,34 +125,34 @@ def test_caches_of_other_code_are_listed_for_the_user_to_delete(tmp_path):
     (ours.parent / "notes").mkdir()                                # not a cache of strokeperf
     (ours.parent / "0.0.8-0123456789ab").write_text("a file, not a cache")
     (ours.parent / "0.0.7-0123456789abc").mkdir()                  # 13 hex digits
-    assert cli.other_code_caches(ours) == [older]
+    assert cache.other_code_caches(ours) == [older]
 
 
 def test_a_kept_session_s_step_files_come_from_this_code_s_cache(tmp_path, capsys):
     """Benchmarks read a kept session's intermediate images (they broke when the cache moved
     under the code's digest). Another code's file is read only when asked for, and then named."""
-    from strokeperf import cli
+    from strokeperf.cli import cache
 
     work = tmp_path / "work"
-    ours = cli.pipeline_cache_root(work)
+    ours = cache.pipeline_cache_root(work)
     with pytest.raises(FileNotFoundError, match=rf"no delta_hu\.nii under {re.escape(str(ours))} "):
-        cli.finished_step_file(work, "delta_hu.nii")
+        cache.finished_step_file(work, "delta_hu.nii")
     for n, code in enumerate(("0.0.1-000000000000", "0.0.2-000000000000")):
         step = work / "pydra" / code / "python-abc"
         step.mkdir(parents=True)
         (step / "delta_hu.nii").write_bytes(code.encode())
         os.utime(step / "delta_hu.nii", (n, n))                    # 0.0.2's is the newer
     with pytest.raises(FileNotFoundError, match="2 in caches of other strokeperf code"):
-        cli.finished_step_file(work, "delta_hu.nii")
-    newest = cli.finished_step_file(work, "delta_hu.nii", any_code=True)
+        cache.finished_step_file(work, "delta_hu.nii")
+    newest = cache.finished_step_file(work, "delta_hu.nii", any_code=True)
     assert newest.read_bytes() == b"0.0.2-000000000000"
     assert str(newest) in capsys.readouterr().err
 
     (ours / "python-def").mkdir(parents=True)
     (ours / "python-def" / "delta_hu.nii").write_bytes(b"this code")
     for any_code in (False, True):
-        assert cli.finished_step_file(work, "delta_hu.nii", any_code).read_bytes() == b"this code"
+        assert cache.finished_step_file(work, "delta_hu.nii", any_code).read_bytes() == b"this code"
     (ours / "python-0ff").mkdir()
     (ours / "python-0ff" / "delta_hu.nii").write_bytes(b"second session")
     with pytest.raises(FileNotFoundError, match="several sessions"):
-        cli.finished_step_file(work, "delta_hu.nii", any_code=True)
+        cache.finished_step_file(work, "delta_hu.nii", any_code=True)

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from strokeperf.bids.derivatives import frequency_name, template_mask_name
 from strokeperf.config import ConfigError, load_parameters
-from strokeperf.lesion_frequency import (frequency_name, lesion_frequency, template_mask_name,
-                                         template_side, write_frequency_maps)
+from strokeperf.lesion_frequency import lesion_frequency, template_side, write_frequency_maps
 
 #: A 2-mm grid centred on MNI x = 0 (as the template's): voxel i has x = 2 i - 10.
 AFFINE = np.array([[2.0, 0, 0, -10], [0, 2, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1]])

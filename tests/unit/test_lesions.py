@@ -72,3 +72,44 @@ def test_core_smoothing_option_is_validated_and_recorded(tmp_path):
     assert load_parameters(config, core_rcbf_fwhm_mm=3.0).core_rcbf_fwhm_mm == 3.0
     with pytest.raises(ConfigError, match="core_rcbf_fwhm_mm must be >= 0"):
         load_parameters(core_rcbf_fwhm_mm=-1.0).validate()
+
+
+def _maps():
+    """40 x 40 x 4 voxels of 2 x 2 x 5 mm: normal tissue (CBF 50, CBV 4, Tmax 1 s), a 10 x 10
+    lesion block of Tmax 8 s (CBF 20) with a 4 x 4 centre of Tmax 12 s (CBF 10), a CSF column and
+    one vessel voxel (CBV 20)."""
+    shape = (40, 40, 4)
+    affine = np.diag([2.0, 2.0, 5.0, 1.0])
+    cbf, cbv, tmax = np.full(shape, 50.0), np.full(shape, 4.0), np.full(shape, 1.0)
+    lesion = np.zeros(shape, bool)
+    lesion[5:15, 5:15] = True
+    centre = np.zeros(shape, bool)
+    centre[8:12, 8:12] = True
+    cbf[lesion], tmax[lesion] = 20.0, 8.0
+    cbf[centre], tmax[centre] = 10.0, 12.0
+    csf = np.zeros(shape, bool)
+    csf[30:32, 30:32] = True
+    cbv[25, 25, :] = 20.0
+    return cbf, cbv, tmax, np.ones(shape, bool), csf, affine, lesion, centre
+
+
+def test_hypoperfusion_finds_reference_relative_maps_and_tmax_lesions():
+    cbf, cbv, tmax, brain, csf, affine, lesion, centre = _maps()
+    found = lesions.hypoperfusion(cbf, cbv, tmax, brain, csf, affine, (4.0, 6.0, 10.0),
+                                  min_cluster_ml=0.1, vessel_cbv=10.0)
+    np.testing.assert_allclose(found.voxel_size, [2.0, 2.0, 5.0])
+    # CSF and the vessel with its in-plane neighbours (3 x 3 per slice) are not tissue.
+    assert found.tissue.sum() == brain.sum() - csf.sum() - 9 * 4
+    assert not found.reference[lesion].any() and found.reference[~lesion & found.tissue].all()
+    np.testing.assert_allclose(found.rcbf[lesion & ~centre], 0.4, rtol=1e-6)
+    np.testing.assert_allclose(found.rcbf[centre], 0.2, rtol=1e-6)
+    np.testing.assert_allclose(found.rcbv[found.reference], 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(found.tmax_masks[6.0], lesion)
+    np.testing.assert_array_equal(found.tmax_masks[10.0], centre)
+    assert found.hypoperfused is found.tmax_masks[6.0]
+
+
+def test_hypoperfusion_without_normal_tissue_is_refused():
+    cbf, cbv, tmax, brain, csf, affine, *_ = _maps()
+    with pytest.raises(ValueError, match="reference tissue is empty"):
+        lesions.hypoperfusion(cbf, cbv, np.full_like(tmax, 7.0), brain, csf, affine)

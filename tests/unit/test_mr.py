@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from nibabel.affines import voxel_sizes
 from scipy import integrate
 
 from strokeperf import aif as aif_stage
 from strokeperf import brainmask, concentration, kinetics
+from strokeperf.aif.mr import classify_mr_voxels
 from strokeperf.errors import DataError
 from test_registration import EPI, grid, sample, template_channels
 
@@ -227,7 +229,7 @@ def test_mr_aif_of_a_saturated_bolus_is_censored_not_partial_volume(seed):
 
 def test_mr_unsaturated_flags_floor_and_low_baseline():
     signal, brain, _, (good, saturated, junk) = dsc_volume(0)
-    ok = aif_stage.mr_unsaturated(signal, 5, brain)
+    ok = classify_mr_voxels(signal, 5, brain).unsaturated
     assert np.all(ok[good]) and not np.any(ok[saturated]) and not np.any(ok[junk])
     assert ok[brain & ~(good | saturated | junk)].mean() > 0.99
 
@@ -272,15 +274,17 @@ def mr_phantom(tmp_path_factory):
                 truth=truth, brain=(tissue > 0) | (csf > 0), dwi_core=dwi_core > 0)
 
 
+@pytest.mark.slow  # generates phantom datasets
 def test_phantom_mr_brain_mask_and_motion(mr_phantom):
-    from strokeperf import registration as reg
+    from strokeperf.registration import motion as reg_motion
+    from strokeperf.registration import resampling
 
     p = mr_phantom
-    vs = np.linalg.norm(p["dsc_affine"][:3, :3], axis=0)
-    mc = reg.motion_correct(p["dsc"], p["dsc_affine"], reference=0)
+    vs = voxel_sizes(p["dsc_affine"])
+    mc = reg_motion.motion_correct(p["dsc"], p["dsc_affine"], reference=0)
     truth = np.array([m["matrix"] for m in p["truth"]["modalities"]["dsc"]["motion"]])
-    points = reg.world_points(p["brain"], p["dsc_affine"])
-    errors = [reg.mean_displacement(np.linalg.inv(a) @ b, points)
+    points = resampling.world_points(p["brain"], p["dsc_affine"])
+    errors = [reg_motion.mean_displacement(np.linalg.inv(a) @ b, points)
               for a, b in zip(mc.transforms, truth)]
     assert max(errors) < 0.3
     s0 = mc.corrected[..., :4].mean(axis=3)
@@ -288,19 +292,21 @@ def test_phantom_mr_brain_mask_and_motion(mr_phantom):
     assert dice(mask, p["brain"]) > 0.9
 
 
+@pytest.mark.slow  # generates phantom datasets
 def test_phantom_dwi_coregistration_adc_and_core(mr_phantom):
     from strokeperf import diffusion, lesions
-    from strokeperf import registration as reg
+    from strokeperf.registration import coregistration, resampling
+    from strokeperf.registration import motion as reg_motion
 
     p = mr_phantom
-    dwi_vs = np.linalg.norm(p["dwi_affine"][:3, :3], axis=0)
+    dwi_vs = voxel_sizes(p["dwi_affine"])
     b0 = diffusion.mean_b0(p["dwi"], p["bvals"])
     s0 = p["dsc"][..., 0]
-    transform, _ = reg.coregister(b0, p["dwi_affine"], s0, p["dsc_affine"])
+    transform, _ = coregistration.coregister(b0, p["dwi_affine"], s0, p["dsc_affine"])
     truth = np.asarray(p["truth"]["dwi_to_perfusion_world"])
     brain_dwi = diffusion.dwi_brain_mask(p["dwi"], p["bvals"], dwi_vs)
-    points = reg.world_points(brain_dwi, p["dwi_affine"])
-    assert reg.mean_displacement(np.linalg.inv(truth) @ transform, points) < 1.5
+    points = resampling.world_points(brain_dwi, p["dwi_affine"])
+    assert reg_motion.mean_displacement(np.linalg.inv(truth) @ transform, points) < 1.5
     adc = diffusion.adc_from_dwi(p["dwi"], p["bvals"], mask=brain_dwi)
     core = diffusion.adc_core(adc, brain_dwi, dwi_vs, b0=b0)
     true_ml = float(p["truth"]["modalities"]["dwi"]["core_ml"])

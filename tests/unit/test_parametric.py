@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from parametric_curves import model_curve
 from strokeperf import kinetics
 from strokeperf.concentration import denoise
 from strokeperf.deconvolution import perfusion_maps
+from strokeperf.deconvolution.neighbourhood import neighbourhood_curves
+from strokeperf.deconvolution.parametric import (DISPERSIONS_S, TMAX_PRIOR_BIN_S,
+                                                 ParametricDeconvolution, dispersion_weights,
+                                                 tmax_bins)
 from strokeperf.errors import DataError
-from strokeperf.parametric import (DISPERSIONS_S, TMAX_PRIOR_BIN_S, ParametricDeconvolution,
-                                  _neighbourhood_curves,
-                                  dispersion_weights, tmax_bins)
 
 T = np.arange(45) * 1.5
 AIF = kinetics.gamma_variate(T, 6.0, 3.0, 1.5, peak=400.0)
@@ -35,7 +37,7 @@ def model():
     (2.0, 5.0, 1.0, 2.0), (6.0, 6.0, 1.5, 2.0), (9.0, 10.0, 2.5, 3.0), (4.0, 12.0, 3.5, 1.0)])
 def test_noise_free_curves_give_tmax_cbf_and_cbv(model, delay, mtt, dispersion, shape):
     flow = 0.008
-    curve = flow * model.model_curve(delay, mtt, dispersion, shape)
+    curve = flow * model_curve(model, delay, mtt, dispersion, shape)
     fit = model.fit(curve[None])
     tmax, peak = true_effective(delay, mtt, dispersion, shape)
     assert fit.tmax[0] == pytest.approx(tmax, abs=0.6)
@@ -44,7 +46,7 @@ def test_noise_free_curves_give_tmax_cbf_and_cbv(model, delay, mtt, dispersion, 
 
 
 def test_cbf_does_not_depend_on_delay(model):
-    curves = np.stack([0.01 * model.model_curve(d, 5.0, 1.0, 2.0) for d in (0.0, 6.0)])
+    curves = np.stack([0.01 * model_curve(model, d, 5.0, 1.0, 2.0) for d in (0.0, 6.0)])
     fit = model.fit(curves)
     assert fit.cbf[1] == pytest.approx(fit.cbf[0], rel=0.05)
     assert fit.tmax[1] - fit.tmax[0] == pytest.approx(6.0, abs=0.3)
@@ -52,7 +54,7 @@ def test_cbf_does_not_depend_on_delay(model):
 
 def test_noisy_curves_are_unbiased_in_tmax_on_average(model):
     rng = np.random.default_rng(3)
-    curve = 0.008 * model.model_curve(8.0, 8.0, 2.0, 2.0)
+    curve = 0.008 * model_curve(model, 8.0, 8.0, 2.0, 2.0)
     tmax, _ = true_effective(8.0, 8.0, 2.0, 2.0)
     noisy = curve + rng.normal(0.0, 0.1 * curve.max(), (400, T.size))
     fit = model.fit(noisy)
@@ -74,7 +76,7 @@ def ct_model():
 def baseline_subtracted(model, delay, mtt, dispersion, shape, flow, n, seed):
     """Noisy CT-like curves, minus the mean of their pre-bolus frames as the pipeline does."""
     rng = np.random.default_rng(seed)
-    clean = flow * model.model_curve(delay, mtt, dispersion, shape)
+    clean = flow * model_curve(model, delay, mtt, dispersion, shape)
     noisy = clean + rng.normal(0.0, CT_NOISE_HU, (n, T_CT.size))
     return noisy - noisy[:, T_CT < 6.0].mean(axis=1, keepdims=True)
 
@@ -82,7 +84,7 @@ def baseline_subtracted(model, delay, mtt, dispersion, shape, flow, n, seed):
 def test_baseline_offset_does_not_bias_cbv_or_tmax(ct_model):
     # Subtracting the mean of six 2 HU baseline frames leaves an offset of SD 0.8 HU on every frame.
     flow, mtt = 0.008, 8.0
-    curve = flow * ct_model.model_curve(4.0, mtt, 1.0, 3.0)
+    curve = flow * model_curve(ct_model, 4.0, mtt, 1.0, 3.0)
     fit = ct_model.fit(np.stack([curve - 0.8, curve + 0.8]))
     tmax, _ = true_effective(4.0, mtt, 1.0, 3.0)
     assert fit.cbv == pytest.approx(kinetics.CBV_SCALE * flow * mtt, rel=0.05)
@@ -166,7 +168,7 @@ def test_irregular_frame_times_are_fitted_where_sampled():
     t = np.r_[np.arange(0, 30, 1.0), np.arange(30, 72, 3.0)]
     aif = kinetics.gamma_variate(t, 6.0, 3.0, 1.5, peak=400.0)
     model = ParametricDeconvolution(aif, t)
-    fit = model.fit((0.01 * model.model_curve(7.0, 6.0, 1.5, 2.0))[None])
+    fit = model.fit((0.01 * model_curve(model, 7.0, 6.0, 1.5, 2.0))[None])
     assert fit.tmax[0] == pytest.approx(true_effective(7.0, 6.0, 1.5, 2.0)[0], abs=0.6)
 
 
@@ -180,44 +182,6 @@ def test_rejects_an_aif_without_area():
         ParametricDeconvolution(np.zeros(T.size), T)
 
 
-def test_posterior_weights_are_the_distribution_behind_the_reported_tmax(model):
-    """The public posterior (used to study other Tmax estimators) is a probability over candidates
-    whose mean is exactly the Tmax the fit reports; a curve without tracer has no posterior, and a
-    prior that excludes every late candidate moves the estimate early."""
-    rng = np.random.default_rng(3)
-    curves = np.vstack([0.01 * model.model_curve(d, 6.0, 1.5, 2.0) for d in (1.0, 5.0, 9.0)])
-    curves = np.vstack([curves + rng.normal(0.0, 0.3, curves.shape), np.zeros(T.size)])
-    weights = model.posterior_weights(curves)
-    assert weights.shape == (4, model.candidate_tmax.size)
-    np.testing.assert_allclose(weights[:3].sum(axis=1), 1.0, rtol=1e-5)
-    assert np.all(weights[3] == 0)
-    np.testing.assert_allclose(weights[:3] @ model.candidate_tmax, model.fit(curves).tmax[:3],
-                               atol=1e-3)
-    early_only = np.where(model.candidate_tmax < 6.0, model.log_prior, -np.inf)
-    assert (model.posterior_weights(curves[2:3], early_only) @ model.candidate_tmax)[0] < 6.0
-
-
-def test_tmax_log_evidence_bins_cover_the_candidates_and_peak_at_the_truth():
-    """Per-bin log evidence (the input of spatial pooling studies): one row per curve, zero rows
-    for curves without tracer, the most likely bin at the true Tmax (8.99 s, class docstring)."""
-    t = np.arange(45) * 1.5
-    model = ParametricDeconvolution(kinetics.gamma_variate(t, 6.0, 3.0, 1.5, peak=400.0), t)
-    curve = 0.01 * model.model_curve(delay=6.0, mtt=6.0, dispersion=1.5, shape=2.0)
-    log_mass, empty = model.tmax_log_evidence(np.stack([curve, np.zeros_like(curve)]))
-    assert log_mass.shape == (2, model.tmax_bin_centres.size)
-    assert list(empty) == [False, True]
-    assert np.all(log_mass[1] == 0.0)
-    assert abs(model.tmax_bin_centres[np.argmax(log_mass[0])] - 8.99) < 0.5
-    assert np.all(np.diff(model.tmax_bin_centres) > 0)             # bins in Tmax order
-    # Summed over the bins, the evidence gives the fit's own posterior mean Tmax (noisy curves).
-    rng = np.random.default_rng(3)
-    noisy = curve + rng.normal(0.0, 0.4, (200, t.size))
-    log_mass, _ = model.tmax_log_evidence(noisy)
-    weights = np.exp(log_mass - log_mass.max(axis=1, keepdims=True))
-    from_bins = weights @ model.tmax_bin_centres / weights.sum(axis=1)
-    assert np.median(np.abs(from_bins - model.fit(noisy).tmax)) < 0.15
-
-
 def _faint_and_bright(model, delay, seed):
     """A 16 x 16 x 4 volume (2 mm voxels) of one tissue at ``delay`` s: the first half bright
     (effective peak 12 HU), the second faint (1.2 HU, below the 1 HU noise's reach: its posterior
@@ -225,7 +189,7 @@ def _faint_and_bright(model, delay, seed):
     rng = np.random.default_rng(seed)
     flows = np.full((16, 16, 4), 0.001)
     flows[:8] = 0.01
-    curve = model.model_curve(delay, 4.0, 0.75, 3.0)
+    curve = model_curve(model, delay, 4.0, 0.75, 3.0)
     conc = flows[..., None] * curve + rng.normal(0.0, 1.0, flows.shape + (T.size,))
     return conc.astype(np.float32), flows < 0.005
 
@@ -267,11 +231,11 @@ def test_neighbourhood_curves_are_the_masked_gaussian_average():
     waves = [np.cos(2 * np.pi * x * 1.5 / 30.0), np.sin(2 * np.pi * y * 1.5 / 60.0), x / 20.0]
     source = (np.stack(waves, axis=-1) + rng.normal(0.0, 0.3, where.shape + (3,))).astype(np.float32)
     # 4 mm voxels: one voxel per cell, exactly the normalised convolution of concentration.denoise.
-    curves, cell = _neighbourhood_curves(source, where, (4.0, 4.0, 4.0), 15.0)
+    curves, cell = neighbourhood_curves(source, where, (4.0, 4.0, 4.0), 15.0)
     expected = denoise(source, where, (4.0, 4.0, 4.0), 15.0)[where]
     np.testing.assert_allclose(curves[cell], expected, atol=1e-5)
     # 1.5 x 1.5 x 5 mm voxels: cells of 2 x 2 x 1 voxels, close to the voxel-grid average.
-    curves, cell = _neighbourhood_curves(source, where, (1.5, 1.5, 5.0), 15.0)
+    curves, cell = neighbourhood_curves(source, where, (1.5, 1.5, 5.0), 15.0)
     expected = denoise(source, where, (1.5, 1.5, 5.0), 15.0)[where]
     assert curves.shape[0] < 0.6 * where.sum()
     assert np.max(np.abs(curves[cell] - expected)) < 0.1

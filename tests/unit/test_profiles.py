@@ -73,3 +73,29 @@ def test_no_lesion_is_not_target_mismatch():
     v = evaluate_profiles(0.0, 0.0, 0.0, age=70, nihss=12)
     assert v["defuse3"] is False and v["extend"] is False and v["malignant"] is False
     assert v["dawn"] is True
+
+
+def test_session_results_report_volumes_mismatch_and_profiles_of_the_maps():
+    import numpy as np
+
+    from strokeperf import lesions
+    from strokeperf.profiles import session_results
+
+    shape = (40, 40, 10)
+    affine = np.diag([2.5, 2.5, 4.0, 1.0])  # 25 uL voxels: 40 voxels per mL
+    tmax = np.full(shape, 1.0)
+    tmax[2:18, 5:30, :] = 8.0   # 4000 voxels, 100 mL, Tmax > 6 s, left of the midline at x = 0
+    tmax[2:10, 5:30, :] = 12.0  # 2000 voxels, 50 mL, Tmax > 10 s
+    affine[0, 3] = -50.0
+    cbf = np.where(tmax > 6, 10.0, 50.0)
+    found = lesions.hypoperfusion(cbf, np.full(shape, 4.0), tmax, np.ones(shape, bool), None,
+                                  affine, (4.0, 6.0, 8.0, 10.0))
+    row = session_results(found, 20.0, "rCBF<0.30", age=70.0, nihss=12.0)
+    assert row["tmax6_ml"] == pytest.approx(100.0) and row["tmax10_ml"] == pytest.approx(50.0)
+    assert row["mismatch_ml"] == pytest.approx(80.0) and row["mismatch_ratio"] == pytest.approx(5.0)
+    assert row["hir"] == pytest.approx(0.5) and row["cbv_index"] == pytest.approx(1.0)
+    assert row["defuse3"] is True and row["dawn"] is True and row["malignant"] is False
+    assert row["affected_side"] == "L" and row["core_definition"] == "rCBF<0.30"
+    no_core = session_results(found, None, None)
+    assert no_core["mismatch_ml"] is None and no_core["mismatch_ratio"] is None
+    assert no_core["defuse3"] is None and no_core["hir"] == pytest.approx(0.5)

@@ -260,6 +260,7 @@ def phantom_cases(tmp_path_factory) -> dict:
     return {name: _phantom_inputs(bids, name) for name in cases}
 
 
+@pytest.mark.slow  # generates phantom datasets
 def test_phantom_clean_case_raises_no_acquisition_flag(phantom_cases):
     c = phantom_cases["clean"]
     assert not qc.low_snr(c["normal_curve"], c["noise"])
@@ -269,17 +270,43 @@ def test_phantom_clean_case_raises_no_acquisition_flag(phantom_cases):
     assert not qc.bilateral_deficit(c["hyp"], c["brain"], c["affine"])
 
 
+@pytest.mark.slow  # generates phantom datasets
 def test_phantom_noisy_case_is_low_snr(phantom_cases):
     c = phantom_cases["noisy"]
     assert qc.low_snr(c["normal_curve"], c["noise"])
 
 
+@pytest.mark.slow  # generates phantom datasets
 def test_phantom_slab_has_limited_coverage_and_lesion_at_edge(phantom_cases):
     c = phantom_cases["slab"]
     assert qc.limited_coverage(c["brain"])
     assert qc.lesion_at_slab_edge(c["hyp"], voxel_sizes(c["affine"]))
 
 
+@pytest.mark.slow  # generates phantom datasets
 def test_phantom_short_scan_is_truncated(phantom_cases):
     c = phantom_cases["short"]
     assert qc.truncated_bolus(c["t"], c["normal_curve"], c["hyp_curve"])
+
+
+def test_session_qc_averages_the_tissue_curves_and_flags_the_session():
+    from strokeperf import lesions
+
+    brain = _brain()
+    lesion = _lesion(brain, (10, 28), (6, 14))
+    tmax = np.where(lesion, 9.0, 1.0)
+    cbf = np.where(lesion, 15.0, 50.0)
+    found = lesions.hypoperfusion(cbf, np.full(SHAPE, 4.0), tmax, brain, None, _affine())
+    normal, late = _tissue(), _tissue(arrival=15.0, beta=4.0, peak=12.0)
+    conc = np.where(lesion[..., None], late, normal).astype(np.float32)
+    conc += np.random.default_rng(3).normal(0.0, 0.5, conc.shape).astype(np.float32)
+    result = qc.session_qc(conc, found, _record(), T,
+                           framewise_displacement=np.r_[np.nan, np.full(T.size - 1, 5.0)])
+    np.testing.assert_allclose(result["curves"]["tissue_normal"], normal, atol=0.05)
+    np.testing.assert_allclose(result["curves"]["tissue_hypoperfused"], late, atol=0.1)
+    assert result["qc_flags"] == ["motion"]
+    clean = qc.session_qc(np.where(brain[..., None], normal, 0.0).astype(np.float32),
+                          lesions.hypoperfusion(np.full(SHAPE, 50.0), np.full(SHAPE, 4.0),
+                                                np.ones(SHAPE), brain, None, _affine()),
+                          _record(), T)
+    assert clean["curves"]["tissue_hypoperfused"] is None and clean["qc_flags"] == []

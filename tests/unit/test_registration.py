@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from strokeperf import registration as reg
+from strokeperf.phantom import anatomy
+from strokeperf.registration import ants as reg_ants
+from strokeperf.registration import coregistration, resampling, template
+from strokeperf.registration import motion as reg_motion
 
 # --- synthetic head -------------------------------------------------------------------------------
 
@@ -150,6 +153,26 @@ def epi_series(shape, voxel_size, motions, peak_r2s=(60.0, 18.0), echo_time_s=0.
     return out, affine
 
 
+def rigid_matrix(params, centre_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """4x4 RAS matrix of rigid parameters ``(tx, ty, tz, rx, ry, rz)`` (mm, degrees) about
+    ``centre_mm``: the phantom's rigid transform, whose parameters
+    :func:`strokeperf.registration.motion.rigid_params` recovers."""
+    p = np.asarray(params, dtype=float)
+    return anatomy.rigid_matrix(p[3:6], p[:3], centre_mm)
+
+
+def warp_from_template(image, transforms: template.TemplateTransforms, target_shape,
+                       target_affine, interpolation: str = "linear") -> np.ndarray:
+    """A template-space image (e.g. the template's brain mask) on a subject grid, with the inverse
+    of :func:`strokeperf.registration.template.normalise_to_template`'s transforms."""
+    ants = reg_ants.import_ants()
+    fixed = reg_ants.to_ants(np.zeros(tuple(target_shape[:3]), np.float32), target_affine)
+    out = ants.apply_transforms(fixed, reg_ants.to_ants(image, transforms.template_affine),
+                                transforms.inverse, interpolator=interpolation,
+                                whichtoinvert=list(transforms.inverse_invert))
+    return reg_ants.from_ants(out)[0].astype(np.float32)
+
+
 def random_motions(n, rng, mm=2.0, deg=2.0, fraction=0.5, centre=(0.0, -18.0, 10.0)):
     """(params (n, 6), matrices (n, 4, 4)): a ``fraction`` of the frames (never frame 0) displaced
     by up to ``mm`` / ``deg`` per axis, at least half of it on every axis."""
@@ -159,14 +182,30 @@ def random_motions(n, rng, mm=2.0, deg=2.0, fraction=0.5, centre=(0.0, -18.0, 10
     sign = rng.choice([-1.0, 1.0], size=(n, 6))
     params[moved, :3] = (sign * rng.uniform(0.5 * mm, mm, (n, 6)))[moved, :3]
     params[moved, 3:] = (sign * rng.uniform(0.5 * deg, deg, (n, 6)))[moved, 3:]
-    return params, np.stack([reg.rigid_matrix(p, centre) for p in params])
+    return params, np.stack([rigid_matrix(p, centre) for p in params])
 
 
 # --- conversion -----------------------------------------------------------------------------------
 
 
+def test_import_loads_no_ants_and_import_ants_fixes_the_threads():
+    """Importing the package changes nothing; ITK's thread count is set when ANTs is loaded."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; import strokeperf.registration.motion, strokeperf.registration.template; "
+            "print('ants' in sys.modules, os.environ.get('{0}')); "
+            "from strokeperf.registration.ants import import_ants; import_ants(); "
+            "print('ants' in sys.modules, os.environ.get('{0}'))").format(reg_ants.ITK_THREADS_ENV)
+    env = {k: v for k, v in os.environ.items() if k != reg_ants.ITK_THREADS_ENV}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "None", "True", reg_ants.ITK_THREADS]
+
+
 def oblique_affine(voxel_size=(1.8, 1.2, 4.0)):
-    rot = reg.rigid_matrix([0, 0, 0, 12.0, -7.0, 25.0])[:3, :3]
+    rot = rigid_matrix([0, 0, 0, 12.0, -7.0, 25.0])[:3, :3]
     a = np.eye(4)
     a[:3, :3] = rot @ np.diag(voxel_size) @ np.diag([-1.0, 1.0, 1.0])  # radiological x flip
     a[:3, 3] = (-90.0, 110.0, -40.0)
@@ -174,7 +213,7 @@ def oblique_affine(voxel_size=(1.8, 1.2, 4.0)):
 
 
 def test_to_ants_matches_ants_own_nifti_reader(tmp_path):
-    import ants
+    ants = reg_ants.import_ants()
 
     rng = np.random.default_rng(0)
     data = rng.normal(size=(7, 9, 5)).astype(np.float32)
@@ -182,7 +221,7 @@ def test_to_ants_matches_ants_own_nifti_reader(tmp_path):
     path = tmp_path / "img.nii.gz"
     nib.save(nib.Nifti1Image(data, affine), path)
     from_file = ants.image_read(str(path))
-    ours = reg.to_ants(data, affine)
+    ours = reg_ants.to_ants(data, affine)
     np.testing.assert_allclose(ours.origin, from_file.origin, atol=1e-4)
     np.testing.assert_allclose(ours.spacing, from_file.spacing, atol=1e-5)
     np.testing.assert_allclose(ours.direction, from_file.direction, atol=1e-5)
@@ -196,27 +235,27 @@ def test_to_ants_matches_ants_own_nifti_reader(tmp_path):
 def test_ras_lps_round_trips():
     data = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
     affine = oblique_affine()
-    back, back_affine = reg.from_ants(reg.to_ants(data, affine))
+    back, back_affine = reg_ants.from_ants(reg_ants.to_ants(data, affine))
     np.testing.assert_array_equal(back, data)
     np.testing.assert_allclose(back_affine, affine, atol=1e-5)
-    m = reg.rigid_matrix([3.0, -4.0, 5.0, 4.0, -6.0, 9.0], centre_mm=(10.0, 20.0, -5.0))
-    np.testing.assert_allclose(reg.transform_to_ras(reg.transform_from_ras(m)), m, atol=1e-9)
+    m = rigid_matrix([3.0, -4.0, 5.0, 4.0, -6.0, 9.0], centre_mm=(10.0, 20.0, -5.0))
+    np.testing.assert_allclose(reg_ants.transform_to_ras(reg_ants.transform_from_ras(m)), m, atol=1e-9)
 
 
 def test_transform_convention_matches_ants_resampling(tmp_path):
     """resample_image with a RAS fixed->moving matrix equals ants.apply_transforms with the same
     transform written for ANTs: the LPS conversion of transforms is right."""
-    import ants
+    ants = reg_ants.import_ants()
 
     shape, vs = (40, 48, 14), (4.0, 4.0, 8.0)
     affine = grid(shape, vs)
     img = head_image(shape, affine, EPI)
-    m = reg.rigid_matrix([6.0, -4.0, 3.0, 5.0, -4.0, 8.0], centre_mm=(0.0, -18.0, 10.0))
+    m = rigid_matrix([6.0, -4.0, 3.0, 5.0, -4.0, 8.0], centre_mm=(0.0, -18.0, 10.0))
     path = str(tmp_path / "t.mat")
-    ants.write_transform(reg.transform_from_ras(m), path)
-    fixed = reg.to_ants(img, affine)
+    ants.write_transform(reg_ants.transform_from_ras(m), path)
+    fixed = reg_ants.to_ants(img, affine)
     theirs = ants.apply_transforms(fixed, fixed, [path], interpolator="linear").numpy()
-    ours = reg.resample_image(img, affine, m, shape, affine, order=1, mode="constant")
+    ours = resampling.resample_image(img, affine, m, shape, affine, order=1, mode="constant")
     # compare where the source point lies inside the grid (the two differ only in edge handling)
     vox = np.linalg.inv(affine) @ m @ affine
     ijk = np.indices(shape).reshape(3, -1).T
@@ -230,9 +269,9 @@ def test_transform_convention_matches_ants_resampling(tmp_path):
 def test_rigid_params_round_trip_and_framewise_displacement():
     p = np.array([1.0, -2.0, 0.5, 3.0, -1.5, 2.0])
     c = (5.0, -10.0, 20.0)
-    np.testing.assert_allclose(reg.rigid_params(reg.rigid_matrix(p, c), c), p, atol=1e-10)
+    np.testing.assert_allclose(reg_motion.rigid_params(rigid_matrix(p, c), c), p, atol=1e-10)
     params = np.array([[0, 0, 0, 0, 0, 0], [1, 0, -1, 0, 0, 0], [1, 0, -1, 0, 0, 1.0]])
-    np.testing.assert_allclose(reg.framewise_displacement(params),
+    np.testing.assert_allclose(reg_motion.framewise_displacement(params),
                                [0.0, 2.0, 50.0 * np.deg2rad(1.0)])
 
 
@@ -249,17 +288,17 @@ def test_motion_correction_recovers_rigid_motion_under_contrast(modality):
     make = ct_series if modality == "ct" else epi_series
     series, affine = make(shape, vs, motions, seed=int(rng.integers(1000)))
     t0 = time.perf_counter()
-    mc = reg.motion_correct(series, affine, reference=0)
+    mc = reg_motion.motion_correct(series, affine, reference=0)
     elapsed = time.perf_counter() - t0
     assert elapsed < 25.0
     err = mc.params - params
     assert np.abs(err[:, :3]).max() < 0.3  # mm
     assert np.abs(err[:, 3:]).max() < 0.3  # degrees
     brain = brain_mask(shape, affine)
-    points = reg.world_points(brain, affine)
-    true_disp = np.array([reg.mean_displacement(m, points) for m in motions])
+    points = resampling.world_points(brain, affine)
+    true_disp = np.array([reg_motion.mean_displacement(m, points) for m in motions])
     np.testing.assert_allclose(mc.displacement_mm, true_disp, atol=0.3, rtol=0.15)
-    np.testing.assert_allclose(mc.fd, reg.framewise_displacement(params), atol=1.0)
+    np.testing.assert_allclose(mc.fd, reg_motion.framewise_displacement(params), atol=1.0)
     # frames clearly beyond / within half a slice (2.5 mm) through-plane are flagged / kept
     true_z = np.array([np.mean(np.abs((points @ m[:3, :3].T + m[:3, 3] - points)[:, 2]))
                        for m in motions])
@@ -279,7 +318,7 @@ def test_motion_correction_auto_reference_is_an_unmoved_frame():
     params, motions = random_motions(9, rng, mm=3.0, deg=3.0, fraction=0.3)
     shape, vs = (64, 76, 18), (3.0, 3.0, 7.0)
     series, affine = ct_series(shape, vs, motions, seed=1)
-    ref = reg.reference_frame(series)
+    ref = reg_motion.reference_frame(series)
     assert np.all(params[ref] == 0)
 
 
@@ -296,7 +335,7 @@ COREG_CASES = [  # (rotation degrees, shift mm, fixed modality)
 @pytest.mark.parametrize("rotation, shift, fixed_modality", COREG_CASES)
 def test_coregistration_error_below_1_5_mm(rotation, shift, fixed_modality):
     """DWI b0 (EPI, 1.8 x 1.8 x 5 mm) displaced by up to 10 degrees / 10 mm -> CT or DSC grid."""
-    head_motion = reg.rigid_matrix(list(shift) + list(rotation))  # about the world origin
+    head_motion = rigid_matrix(list(shift) + list(rotation))  # about the world origin
     dwi_shape, dwi_vs = (110, 128, 28), (1.8, 1.8, 5.0)
     dwi_affine = grid(dwi_shape, dwi_vs, centre_mm=(3.0, -14.0, 14.0))
     b0 = head_image(dwi_shape, dwi_affine, {**EPI, "csf": 260.0}, head_motion)
@@ -308,11 +347,11 @@ def test_coregistration_error_below_1_5_mm(rotation, shift, fixed_modality):
         f_shape, f_vs = (110, 128, 26), (1.8, 1.8, 5.0)
         f_affine = grid(f_shape, f_vs)
         fixed = head_image(f_shape, f_affine, EPI)
-    transform, resampled = reg.coregister(b0, dwi_affine, fixed, f_affine)
+    transform, resampled = coregistration.coregister(b0, dwi_affine, fixed, f_affine)
     # truth: a head point at p (perfusion) is at head_motion @ p in the DWI
     truth = np.linalg.inv(head_motion)
-    points = reg.world_points(brain_mask(dwi_shape, dwi_affine, head_motion), dwi_affine)
-    assert reg.mean_displacement(np.linalg.inv(truth) @ transform, points) < 1.5
+    points = resampling.world_points(brain_mask(dwi_shape, dwi_affine, head_motion), dwi_affine)
+    assert reg_motion.mean_displacement(np.linalg.inv(truth) @ transform, points) < 1.5
     assert resampled.shape == f_shape
 
 
@@ -323,7 +362,7 @@ def test_resample_mask_preserves_a_sphere():
     src_aff = grid(src_shape, src_vs, centre_mm=(0, 0, 0))
     tgt_shape, tgt_vs = (60, 60, 24), (1.7, 1.7, 5.0)
     tgt_aff = grid(tgt_shape, tgt_vs, centre_mm=(5, -5, 3))
-    transform = reg.rigid_matrix([4.0, -3.0, 6.0, 8.0, -5.0, 10.0])  # DWI -> target world
+    transform = rigid_matrix([4.0, -3.0, 6.0, 8.0, -5.0, 10.0])  # DWI -> target world
     centre_src, radius = np.array([10.0, -8.0, 5.0]), 20.0
 
     def sphere(shape, aff, centre):
@@ -332,7 +371,7 @@ def test_resample_mask_preserves_a_sphere():
 
     mask = sphere(src_shape, src_aff, centre_src)
     expected = sphere(tgt_shape, tgt_aff, (transform @ np.append(centre_src, 1))[:3])
-    out = reg.resample_mask(mask, src_aff, transform, tgt_shape, tgt_aff)
+    out = resampling.resample_mask(mask, src_aff, transform, tgt_shape, tgt_aff)
     true_ml = 4 / 3 * np.pi * radius**3 / 1000
     assert abs(out.sum() * np.prod(tgt_vs) / 1000 - true_ml) < 0.05 * true_ml
     dice = 2 * (out & expected).sum() / (out.sum() + expected.sum())
@@ -342,29 +381,40 @@ def test_resample_mask_preserves_a_sphere():
 # --- template normalisation -----------------------------------------------------------------------
 
 
+def test_dice_of_masks():
+    a = np.zeros((4, 4, 2), bool)
+    b = np.zeros_like(a)
+    assert template.dice(a, b) == 1.0  # both empty
+    a[:2] = True
+    assert template.dice(a, b) == 0.0
+    b[1:3] = True
+    assert template.dice(a, b) == 0.5  # 8 shared voxels of 16 + 16
+    assert template.dice(a, a) == 1.0
+
+
 def test_normalisation_to_template_brings_the_brain_onto_the_template():
     """A CT head scaled, rotated and shifted away from MNI space comes back: the warped brain mask
     overlaps the template brain mask with Dice > 0.95 (it is < 0.85 without registration)."""
     shape, vs = (96, 112, 28), (2.0, 2.0, 5.0)
     affine = grid(shape, vs)
-    motion = reg.rigid_matrix([8.0, -10.0, 6.0, 10.0, -6.0, 12.0]) @ np.diag([1.1, 0.92, 1.06, 1])
+    motion = rigid_matrix([8.0, -10.0, 6.0, 10.0, -6.0, 12.0]) @ np.diag([1.1, 0.92, 1.06, 1])
     img = head_image(shape, affine, CT_HU, motion)
     brain = brain_mask(shape, affine, motion)
-    transforms, warped = reg.normalise_to_template(img, affine, brain)
-    _, t_brain, t_affine = reg.load_template()
+    transforms, warped = template.normalise_to_template(img, affine, brain)
+    _, t_brain, t_affine = template.load_template()
     assert warped.shape == t_brain.shape
     for path in transforms.forward + transforms.inverse:
         assert path and __import__("os").path.getsize(path) > 0
-    covered = reg.warp_mask_to_template(np.ones(shape, bool), affine, transforms)
+    covered = template.warp_mask_to_template(np.ones(shape, bool), affine, transforms)
     target = t_brain & covered
-    warped_brain = reg.warp_mask_to_template(brain, affine, transforms)
+    warped_brain = template.warp_mask_to_template(brain, affine, transforms)
     dice = 2 * (warped_brain & target).sum() / (warped_brain.sum() + target.sum())
     assert dice > 0.95
-    identity = reg.resample_fraction(brain, affine, np.eye(4), t_brain.shape, t_affine) >= 0.5
+    identity = resampling.resample_fraction(brain, affine, np.eye(4), t_brain.shape, t_affine) >= 0.5
     dice0 = 2 * (identity & target).sum() / (identity.sum() + target.sum())
     assert dice0 < 0.85
     # and back: the template brain in subject space matches the subject brain
-    back = reg.warp_from_template(t_brain.astype(np.float32), transforms, shape, affine) >= 0.5
+    back = warp_from_template(t_brain.astype(np.float32), transforms, shape, affine) >= 0.5
     dice_back = 2 * (back & brain).sum() / (back.sum() + brain.sum())
     assert dice_back > 0.95
 
@@ -379,7 +429,7 @@ def test_interpolate_censored_draws_lines_between_clean_samples():
                   [1.0, 2.0, 3.0, 4.0, 5.0],       # nothing censored
                   [99.0, 99.0, 99.0, 99.0, 99.0]])  # nothing clean: unchanged
     bad = np.array([[0, 1, 1, 0, 0], [1, 0, 0, 1, 1], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
-    out = reg.interpolate_censored(y, bad, t)
+    out = reg_motion.interpolate_censored(y, bad, t)
     np.testing.assert_allclose(out, [[0, 2, 4, 8, 10], [3, 3, 5, 5, 5], [1, 2, 3, 4, 5],
                                      [99] * 5])
 
@@ -400,9 +450,9 @@ def test_censoring_removes_skull_leak_of_moved_ct_frames_and_spares_still_series
     edge = brain & ~ndimage.binary_erosion(brain, iterations=2)
     moved = np.flatnonzero([not np.allclose(m, np.eye(4)) for m in motions])
 
-    mc = reg.motion_correct(series, affine, reference=0)
+    mc = reg_motion.motion_correct(series, affine, reference=0)
     corrected = mc.corrected.copy()
-    censoring = reg.censor_resampling_errors(corrected, mc.transforms, affine, times)
+    censoring = reg_motion.censor_resampling_errors(corrected, mc.transforms, affine, times)
     before = np.abs(mc.corrected[..., moved] - still[..., moved])[edge]
     after = np.abs(corrected[..., moved] - still[..., moved])[edge]
     # Edge samples: the error beyond three noise SDs (24 HU) mostly goes.
@@ -417,8 +467,8 @@ def test_censoring_removes_skull_leak_of_moved_ct_frames_and_spares_still_series
     np.testing.assert_allclose(censoring.noise_sd, 8.0, rtol=0.35)
 
     # A motion-free series is left exactly as motion correction returned it.
-    mc_still = reg.motion_correct(still, affine, reference=0)
+    mc_still = reg_motion.motion_correct(still, affine, reference=0)
     kept = mc_still.corrected.copy()
-    still_censoring = reg.censor_resampling_errors(kept, mc_still.transforms, affine, times)
+    still_censoring = reg_motion.censor_resampling_errors(kept, mc_still.transforms, affine, times)
     assert still_censoring.counts.sum() == 0
     np.testing.assert_array_equal(kept, mc_still.corrected)

@@ -9,6 +9,7 @@ Screenshots go to ``test-artifacts/``.
 from __future__ import annotations
 
 import base64
+import html
 import os
 import re
 import sys
@@ -23,13 +24,15 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "browser"))
 import cdp  # noqa: E402
 import synthetic  # noqa: E402
 
-from strokeperf import __version__, io, report, tables  # noqa: E402
-from strokeperf.profiles import PROFILE_NAMES  # noqa: E402
+from strokeperf import CODE_URL, __version__, io, tables  # noqa: E402
+from strokeperf.profiles import PROFILE_NAMES, profile_rules  # noqa: E402
 from strokeperf.qc import QC_FLAG_RULES  # noqa: E402
+from strokeperf.reports import methods, write_group_report, write_participant_report  # noqa: E402
+from strokeperf.reports.participant import SUMMARY_COLUMNS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-SHOWN_COLUMNS = [c for c, _, _ in report.SUMMARY_COLUMNS] + list(PROFILE_NAMES) + ["qc_flags", "status"]
+SHOWN_COLUMNS = [c for c, _, _ in SUMMARY_COLUMNS] + list(PROFILE_NAMES) + ["qc_flags", "status"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -88,23 +91,23 @@ def outputs(tmp_path_factory) -> dict:
     fd = [float("nan"), 0.1, 0.2, 1.9] + [0.15] * 41
     s1, r1, p1, i1 = synthetic.write_session(out, "01", "acute", "ctp", qc_flags=("motion", "no_vof"),
                                              motion_fd=fd)
-    report.write_participant_report(out, s1, r1, p1, i1)
+    write_participant_report(out, s1, r1, p1, i1)
     s2, r2, p2, i2 = synthetic.write_session(out, "01", "acute", "dsc", lesion_radius_mm=45.0)
     adc = i2["cbf"].with_name("sub-01_ses-acute_desc-dsc_adc.nii.gz")
     import nibabel as nib
     cbf = nib.load(i2["cbf"])
     io.write_nifti(adc, 15.0 * cbf.get_fdata(), cbf.affine)
-    report.write_participant_report(out, s2, r2, p2, i2)
+    write_participant_report(out, s2, r2, p2, i2)
     s3, r3, p3, i3 = synthetic.write_session(out, "02", None, "ctp", lesion_radius_mm=0.0,
                                              with_tissue_curves=False)
-    report.write_participant_report(out, s3, r3, p3, i3)
+    write_participant_report(out, s3, r3, p3, i3)
     s4, r4, p4, i4 = synthetic.write_session(out, "03", None, "ctp",
                                              failed_error="bolus not captured: the scan ended too early")
-    report.write_participant_report(out, s4, r4, p4, i4)
+    write_participant_report(out, s4, r4, p4, i4)
     participants = pd.DataFrame({"participant_id": ["sub-01", "sub-02", "sub-03"],
                                  "age": ["70", "n/a", "85"], "nihss": ["14", "5", "n/a"]})
     table = tables.build_group_table(out, participants)
-    group = report.write_group_report(out, table)
+    group = write_group_report(out, table)
     return {"dir": out, "table": table, "group": group,
             "participants": {"sub-01_ses-acute": out / "sub-01_ses-acute.html",
                              "sub-02": out / "sub-02.html", "sub-03": out / "sub-03.html"},
@@ -159,16 +162,25 @@ def test_qc_flags_are_explained(outputs):
 
 def test_profile_rules_shown_with_verdicts(outputs):
     text = outputs["participants"]["sub-01_ses-acute"].read_text()
-    for rule in report.profile_rules().values():
-        assert f"<td>{report.html.escape(rule)}</td>" in text
+    for rule in profile_rules().values():
+        assert f"<td>{html.escape(rule)}</td>" in text
 
 
-def test_methods_paragraph_names_version_parameters_and_workflow(outputs):
+@pytest.mark.parametrize("mod", ["ctp", "dsc"])
+def test_methods_paragraph_is_generated_from_the_session_parameters(outputs, mod):
+    """The report's methods text is the version sentence and :mod:`strokeperf.reports.methods`'
+    paragraph for the parameters in the session's record, its references listed below it."""
     text = outputs["participants"]["sub-01_ses-acute"].read_text()
-    methods = re.search(r'id="methods-ctp">(.*?)</p>', text, re.S).group(1)
-    assert f"strokeperf {__version__}" in methods
-    assert "tracer-kinetic model" in methods  # from strokeperf.workflows.ctp's docstring
-    assert "core_rcbf = 0.3" in methods and "rCBF&lt;0.30" in methods
+    shown = html.unescape(re.search(rf'id="methods-{mod}">(.*?)</p>', text, re.S).group(1))
+    parameters = methods.parameters_from_record(synthetic.PARAMETERS)
+    name = {"ctp": "CT perfusion", "dsc": "DSC-MRI perfusion"}[mod]
+    assert shown == (f"{name} was processed with strokeperf {__version__} ({CODE_URL}). "
+                     + methods.methods_text(mod, parameters))
+    assert "oSVD" in shown  # synthetic.PARAMETERS ran block-circulant SVD
+    section = text[text.index(f'id="methods-{mod}"'):]
+    references = re.search(r"<ol>(.*?)</ol>", section, re.S).group(1)
+    assert references == "".join(f"<li>{html.escape(r)}</li>"
+                                 for r in methods.references(mod, parameters))
 
 
 def test_failed_session_shows_its_error(outputs):
@@ -196,7 +208,7 @@ def test_group_report_content(outputs):
 
 
 def test_group_report_of_empty_table(tmp_path):
-    path = report.write_group_report(tmp_path, pd.DataFrame(columns=tables.GROUP_COLUMNS))
+    path = write_group_report(tmp_path, pd.DataFrame(columns=tables.GROUP_COLUMNS))
     assert "0 session(s)" in path.read_text()
 
 

@@ -3,7 +3,7 @@
 At the bolus peak the gradient-echo signal of arterial blood falls as exp(-TE delta-R2*) to the
 noise floor, so the arterial curve is censored there in every voxel that holds blood (pure or
 partial volume: the blood's share of the signal vanishes either way; Calamante 2013, Prog Nucl Magn
-Reson Spectrosc 74:1). :func:`strokeperf.aif.select_mr_aif` keeps the arterial curve up to the
+Reson Spectrosc 74:1). :func:`strokeperf.aif.mr.select_mr_aif` keeps the arterial curve up to the
 censoring level; the missing peak leaves a flat-topped AIF that is too broad and too late, and Tmax
 read with it is too short, most of all in dispersed hypoperfused tissue (measured on phantoms:
 ``benchmarks/dsc_accuracy.py``, docs/accuracy.md).
@@ -16,10 +16,10 @@ at the censoring level are raised to ``g``, a gamma-variate first pass (Madsen 1
 37:1597) with free arrival, shape, width and height, while every uncensored sample keeps its
 measured value (the rising edge and the recirculation are observed). The four parameters maximise
 the profile likelihood of a sample of brain tissue curves under the tracer-kinetic model of
-:mod:`strokeperf.parametric`: for each curve its best-fitting candidate residue (flow and baseline
-profiled out) leaves a residual energy ``r``; with an unknown noise variance per curve the log
-likelihood is ``-T/2 log r`` up to constants, so the criterion is ``sum log(r / energy)`` (lower is
-better). A first pass too low or too broad leaves the tissue's sharp first passes unexplained, one
+:mod:`strokeperf.deconvolution.parametric`: for each curve its best-fitting candidate residue (flow
+and baseline profiled out) leaves a residual energy ``r``; with an unknown noise variance per curve
+the log likelihood is ``-T/2 log r`` up to constants, so the criterion is ``sum log(r / energy)``
+(lower is better). A first pass too low or too broad leaves the tissue's sharp first passes unexplained, one
 too high or too narrow their tails; nothing about the shape is assumed beyond the gamma variate's
 family. The observed frames constrain it: ``g`` must follow the rising edge before the first
 censored frame and may not exceed the measured curve (first pass plus recirculation) in the
@@ -41,7 +41,7 @@ from scipy import optimize
 from strokeperf import kinetics
 from strokeperf.timecurves import check_frame_times
 from strokeperf.errors import DataError
-from strokeperf.parametric import DELAY_RANGE_S, ParametricDeconvolution
+from strokeperf.deconvolution.parametric import DELAY_RANGE_S, ParametricDeconvolution
 
 #: Tissue curves sampled for the likelihood (a fixed random subset of the enhancing brain voxels):
 #: enough that the criterion's noise is far below the differences between candidate AIFs.

@@ -1,53 +1,43 @@
-"""Deconvolution of tissue curves by the arterial input function: residue, CBF, CBV, MTT, Tmax, TTP.
+"""SVD deconvolution: standard, block-circulant (oSVD and cSVD) and Tikhonov.
 
-Model / fit split (as dipy's ``TensorModel`` / ``TensorFit``): a model holds everything that depends
-only on the AIF and the frame times (uniform grid, convolution matrix and its SVD, the candidate
-regularisations); ``fit(curves)`` returns a :class:`DeconvolutionFit` whose properties are the
-perfusion parameters. :func:`perfusion_maps` runs a model over a 4D series in chunks of voxels.
+Each method is a :class:`~strokeperf.deconvolution.base.PerfusionModel` that holds everything that
+depends only on the AIF and the frame times (uniform grid, convolution matrix and its SVD, the
+candidate regularisations); ``fit(curves)`` returns an :class:`SVDFit`.
 
-Methods (:data:`METHODS`, selected by name in :func:`perfusion_maps` and ``--deconvolution``):
+- :class:`StandardSVD`, truncated SVD of the lower-triangular convolution matrix (Østergaard et
+  al. 1996). Reference only: CBF depends on the tissue's delay to the AIF.
+- :class:`CircularSVD`, block-circulant SVD with one global threshold (Wu et al. 2003).
+- :class:`BlockCirculantSVD`, block-circulant SVD with a per-voxel threshold chosen by the
+  oscillation index ("oSVD", Wu et al. 2003).
+- :class:`TikhonovSVD`, block-circulant Tikhonov regularisation with a per-voxel parameter chosen
+  by generalised cross-validation or the L-curve (Calamante et al. 2003; Sourbron et al. 2004).
 
-- ``"ssvd"`` :class:`StandardSVD`, truncated SVD of the lower-triangular convolution matrix
-  (Østergaard et al. 1996). Reference only: CBF depends on the tissue's delay to the AIF.
-- ``"csvd"`` :class:`CircularSVD`, block-circulant SVD with one global threshold (Wu et al. 2003).
-- ``"bcsvd"`` :class:`BlockCirculantSVD`, block-circulant SVD with a per-voxel threshold chosen by
-  the oscillation index ("oSVD", Wu et al. 2003); the default.
-- ``"tikhonov"`` :class:`TikhonovSVD`, block-circulant Tikhonov regularisation with a per-voxel
-  parameter chosen by generalised cross-validation or the L-curve (Calamante et al. 2003; Sourbron
-  et al. 2004).
-- ``"parametric"``: ``strokeperf.parametric.ParametricDeconvolution``, registered when that module
-  is present.
+Deconvolution returns the flow-scaled residue ``F R(t)`` in 1/s, so ``CBF = CBF_SCALE * max(F R)``
+(mL/100 g/min), ``CBV = CBV_SCALE * area(C) / area(AIF)`` (mL/100 g), ``MTT = 60 CBV / CBF`` (s),
+``Tmax`` = time of the residue's maximum (s, relative to the AIF, sub-frame by parabolic
+interpolation), ``TTP`` = time of the tissue curve's maximum from the first frame (s).
 
-Conventions (``strokeperf.kinetics``): ``C(t) = F * (AIF conv R)(t - delay)`` with ``F =
-flow_rate_per_s(CBF)``; deconvolution returns the flow-scaled residue ``F R(t)`` in 1/s, so
-``CBF = CBF_SCALE * max(F R)`` (mL/100 g/min), ``CBV = CBV_SCALE * area(C) / area(AIF)`` (mL/100 g),
-``MTT = 60 CBV / CBF`` (s, central volume theorem), ``Tmax`` = time of the residue's maximum (s,
-relative to the AIF, sub-frame by parabolic interpolation), ``TTP`` = time of the tissue curve's
-maximum from the first frame (s).
-
-All SVD methods share one computation per chunk of voxels, in the singular basis of the convolution
+All methods share one computation per chunk of voxels, in the singular basis of the convolution
 matrix ``A = U S V^T``: project the curves ``b = U^T c``, weigh the components by per-voxel filter
 factors ``phi`` (0/1 for truncation, ``s^2 / (s^2 + lambda^2)`` for Tikhonov; Hansen 1998, Rank-
 deficient and discrete ill-posed problems, SIAM), synthesise ``r = V diag(phi / s) b``. Work arrays
 are float32; the coefficients and the oSVD search are time-major (components x voxels), so that
 reductions over time run over contiguous rows, and the synthesised residue is voxel-major for its
 peak search (``argmax`` along rows). The residue itself is only materialised for the chunk in hand
-and recomputed on request (:attr:`DeconvolutionFit.residue`).
+and recomputed on request (:attr:`SVDFit.residue`).
 """
 
 from __future__ import annotations
 
-import importlib.util
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy.linalg.blas import sgemm
-from threadpoolctl import threadpool_limits
 
-from strokeperf import kinetics
-from strokeperf.timecurves import check_frame_times, parabolic_offset, resample_uniform
+from strokeperf.deconvolution.base import PerfusionFit, PerfusionModel
 from strokeperf.errors import DataError
+from strokeperf.timecurves import check_frame_times, parabolic_offset, resample_uniform
 
 #: Oscillation index target of oSVD (Wu et al. 2003, Magn Reson Med 50:164, value for their
 #: simulations; O = sum |f(k) - 2 f(k-1) + f(k-2)| / (L max f)).
@@ -145,7 +135,7 @@ def convolution_matrix(aif, dt: float, circulant: bool) -> np.ndarray:
     return np.where(lag >= 0, kernel[np.clip(lag, 0, None)], 0.0)
 
 
-class _SVDDeconvolution(ABC):
+class _SVDDeconvolution(PerfusionModel):
     """Shared model of the SVD-based methods: AIF checks, uniform grid, matrix, SVD, fit loop.
 
     Subclasses set ``circulant``, call ``_setup_basis(K)`` with the number of singular components
@@ -232,7 +222,7 @@ class _SVDDeconvolution(ABC):
         return peak.astype(float), lag
 
     def fit(self, curves, chunk_size: int = DEFAULT_CHUNK_SIZE,
-            workers: int = 1) -> "DeconvolutionFit":
+            workers: int = 1) -> "SVDFit":
         """Deconvolve tissue curves.
 
         Parameters
@@ -244,14 +234,14 @@ class _SVDDeconvolution(ABC):
             Voxels processed at once (bounds the work memory to O(workers x chunk_size x T)).
         workers : int
             Threads deconvolving chunks concurrently; keep BLAS itself at one thread
-            (``threadpoolctl``), as :func:`perfusion_maps` does. Numpy releases the GIL in its
+            (``threadpoolctl``), as :func:`strokeperf.deconvolution.perfusion_maps` does. Numpy releases the GIL in its
             loops but scipy's BLAS wrappers (the oSVD search) do not, and a chunk makes over 100
             calls, each handing the GIL over: on 2 virtual cores 2 workers ran oSVD at 0.9-1.1x
             the speed of one.
 
         Returns
         -------
-        DeconvolutionFit
+        SVDFit
         """
         curves = np.asarray(curves)
         if curves.ndim != 2 or curves.shape[1] != self.frame_times.size:
@@ -270,7 +260,7 @@ class _SVDDeconvolution(ABC):
             for start in starts:
                 self._fit_chunk(curves, slice(start, start + chunk_size), out)
         peak, tmax, ttp, ratio, param = out
-        return DeconvolutionFit(self, peak, tmax, ttp, ratio, param, curves=curves,
+        return SVDFit(self, peak, tmax, ttp, ratio, param, curves=curves,
                                 chunk_size=chunk_size)
 
     def _fit_chunk(self, curves, part: slice, out):
@@ -279,6 +269,8 @@ class _SVDDeconvolution(ABC):
         nt, dt = self.n_times, self.dt
         c = self._uniform_curves(curves[part])
         # TTP and area first, while the curves are in cache (the oSVD search evicts them).
+        # TTP on the uniform grid in frames x dt: timecurves.time_to_peak on that grid gives the
+        # same parabola but differs in the last bits for most dt (it scales by time differences).
         flat, start = c.ravel(), np.arange(c.shape[0]) * nt
         kc = np.argmax(c, axis=1)
         ck = flat[start + kc]
@@ -590,16 +582,12 @@ class TikhonovSVD(_SVDDeconvolution):
         return coef * (s * s / (s * s + lam * lam))
 
 
-class DeconvolutionFit:
-    """Result of a deconvolution model's ``fit`` for N curves.
+class SVDFit(PerfusionFit):
+    """Result of an SVD model's ``fit`` for N curves: the perfusion parameters of
+    :class:`~strokeperf.deconvolution.base.PerfusionFit`, CBV from the measured curve's area.
 
     Attributes
     ----------
-    model : the fitted model (e.g. :class:`BlockCirculantSVD`)
-    residue_peak : ndarray (N,)
-        Maximum of the residue in 1/s (unscaled CBF; OSIPI convention: CBF = peak x 6000).
-    area_ratio : ndarray (N,)
-        area(C_tissue) / area(AIF) (unscaled CBV; OSIPI convention: CBV = ratio x 100).
     regularisation : ndarray (N,)
         Per-voxel regularisation, relative to the largest singular value: the truncation
         threshold (truncated SVD) or ``lambda`` (Tikhonov).
@@ -607,14 +595,9 @@ class DeconvolutionFit:
 
     def __init__(self, model, residue_peak, tmax, ttp, area_ratio, regularisation,
                  curves=None, chunk_size: int = DEFAULT_CHUNK_SIZE):
-        self.model = model
-        self.residue_peak = residue_peak
-        self._tmax = tmax
-        self._ttp = ttp
-        self.area_ratio = area_ratio
+        super().__init__(model, residue_peak, tmax, ttp, area_ratio)
         self.regularisation = regularisation
-        self._curves = curves
-        self._chunk_size = chunk_size
+        self._residue_inputs = (curves, chunk_size)      # to recompute the residue on request
         self._residue = None
 
     @property
@@ -624,154 +607,6 @@ class DeconvolutionFit:
         Recomputed from the curves on first access (the fit itself only keeps its peak and time).
         """
         if self._residue is None:
-            self._residue = self.model.residue(self._curves, self.regularisation,
-                                               self._chunk_size)
+            curves, chunk_size = self._residue_inputs
+            self._residue = self.model.residue(curves, self.regularisation, chunk_size)
         return self._residue
-
-    @property
-    def cbf(self) -> np.ndarray:
-        """Cerebral blood flow, mL/100 g/min (``CBF_SCALE * max residue``)."""
-        return kinetics.CBF_SCALE * self.residue_peak
-
-    @property
-    def cbv(self) -> np.ndarray:
-        """Cerebral blood volume, mL/100 g (``CBV_SCALE * area ratio``)."""
-        return kinetics.CBV_SCALE * self.area_ratio
-
-    @property
-    def mtt(self) -> np.ndarray:
-        """Mean transit time, s (``60 CBV / CBF``, central volume theorem); 0 where CBF <= 0."""
-        cbf, cbv = self.cbf, self.cbv
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(cbf > 0, 60.0 * cbv / cbf, 0.0)
-
-    @property
-    def tmax(self) -> np.ndarray:
-        """Time of the residue's maximum, s, relative to the AIF (negative: tissue leads the AIF)."""
-        return self._tmax
-
-    @property
-    def ttp(self) -> np.ndarray:
-        """Time of the tissue curve's maximum from the first frame, s."""
-        return self._ttp
-
-
-def _parametric(aif, frame_times, **options):
-    """Model-based deconvolution (``strokeperf.parametric.ParametricDeconvolution``), imported on
-    use so that the two modules may import each other."""
-    from strokeperf.parametric import ParametricDeconvolution
-
-    return ParametricDeconvolution(aif, frame_times, **options)
-
-
-#: Deconvolution methods by name: ``METHODS[name](aif, frame_times, **options).fit(curves)``.
-METHODS = {
-    "ssvd": StandardSVD,
-    "csvd": CircularSVD,
-    "bcsvd": BlockCirculantSVD,
-    "tikhonov": TikhonovSVD,
-}
-if importlib.util.find_spec("strokeperf.parametric") is not None:
-    METHODS["parametric"] = _parametric
-
-
-def _store_clamped(values: dict, where, cbf, cbv, tmax, duration: float):
-    """Write CBF, CBV, MTT and Tmax of some voxels (``where``: a slice or indices) into the
-    per-voxel arrays ``values``, with the clamps of :func:`perfusion_maps`."""
-    cbv = np.clip(cbv, 0, None)
-    # A curve without positive area carries no tracer: its residue peak is noise.
-    cbf = np.where(cbv > 0, np.clip(cbf, 0, None), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mtt = np.where(cbf > 0, 60.0 * cbv / cbf, 0.0)
-    values["cbf"][where] = cbf
-    values["cbv"][where] = cbv
-    values["mtt"][where] = np.clip(mtt, 0, duration)
-    values["tmax"][where] = np.clip(tmax, 0, duration)
-
-
-def perfusion_maps(conc, mask, aif_curve, frame_times, method: str = "bcsvd",
-                   chunk_size: int = DEFAULT_CHUNK_SIZE, voxel_size_mm=None, unsmoothed=None,
-                   **options) -> dict[str, np.ndarray]:
-    """CBF, CBV, MTT, Tmax and TTP maps of a 4D concentration series.
-
-    Parameters
-    ----------
-    conc : ndarray, shape (X, Y, Z, T)
-        Concentration (delta-HU or delta-R2*), baseline 0.
-    mask : ndarray of bool, shape (X, Y, Z)
-        Voxels to analyse; maps are 0 outside.
-    aif_curve : array_like, shape (T,)
-        Arterial input function (same units as ``conc``).
-    frame_times : array_like, shape (T,)
-        Seconds.
-    method : str
-        A key of :data:`METHODS` (default ``"bcsvd"``, :class:`BlockCirculantSVD`).
-    chunk_size : int
-        Voxels deconvolved at once; memory stays O(chunk_size x T).
-    voxel_size_mm : sequence of 3 floats, optional
-        With the ``parametric`` method: voxels whose curve alone leaves Tmax uncertain are
-        estimated (Tmax, CBF, CBV) under a prior on Tmax from their neighbourhood where that reads
-        as normal (:func:`strokeperf.parametric.neighbourhood_prior`). Without it every voxel is
-        on its own.
-    unsmoothed : ndarray, shape (X, Y, Z, T), optional
-        ``conc`` before the session's spatial smoothing, for that prior (default ``conc``).
-    **options
-        Passed to the method (e.g. ``threshold=0.1`` or ``oscillation_index=0.095``).
-
-    Returns
-    -------
-    dict of float32 (X, Y, Z) arrays: ``cbf`` (mL/100 g/min), ``cbv`` (mL/100 g), ``mtt`` (s),
-    ``tmax`` (s), ``ttp`` (s). Non-physical values are clamped: CBF and CBV >= 0 (CBF 0 where
-    the curve has no positive area), MTT in
-    [0, scan duration], Tmax in [0, scan duration] (a tissue leading the AIF is Tmax 0).
-    """
-    conc = np.asarray(conc)
-    mask = np.asarray(mask, dtype=bool)
-    if conc.ndim != 4 or conc.shape[:3] != mask.shape:
-        raise DataError(f"perfusion maps need a 4D series and a matching 3D mask, got {conc.shape}"
-                        f" and {mask.shape}")
-    if method not in METHODS:
-        raise DataError(f"unknown deconvolution method {method!r}; choose from {sorted(METHODS)}")
-    # The products here are small (2T x 2T by 2T x chunk): OpenBLAS threads cost more than they
-    # save, 10x on 2 cores (7.5 s vs 0.76 s for a whole-brain session), and oversubscribe the cores
-    # when sessions run in parallel processes.
-    with threadpool_limits(limits=1, user_api="blas"):
-        return _perfusion_maps(conc, mask, aif_curve, frame_times, method, chunk_size,
-                               voxel_size_mm, unsmoothed, **options)
-
-
-def _perfusion_maps(conc, mask, aif_curve, frame_times, method, chunk_size, voxel_size_mm,
-                    unsmoothed, **options):
-    model = METHODS[method](aif_curve, frame_times, **options)
-    duration = float(np.asarray(frame_times, dtype=float)[-1] - np.asarray(frame_times)[0])
-    flat = conc.reshape(-1, conc.shape[-1])
-    index = np.flatnonzero(mask)
-    names = ("cbf", "cbv", "mtt", "tmax", "ttp")
-    values = {name: np.zeros(index.size, dtype=np.float32) for name in names}
-    neighbourhood = voxel_size_mm is not None and method == "parametric"
-    if neighbourhood:
-        from strokeperf.parametric import UNINFORMATIVE_TMAX_SD_S, neighbourhood_prior
-
-        fit_options, kept = {"keep_sd_above": UNINFORMATIVE_TMAX_SD_S}, []
-    else:
-        fit_options = {}
-    for start in range(0, index.size, chunk_size):
-        sel = index[start:start + chunk_size]
-        fit = model.fit(flat[sel], **fit_options)   # each method blocks its own work for speed
-        part = slice(start, start + sel.size)
-        _store_clamped(values, part, fit.cbf, fit.cbv, fit.tmax, duration)
-        values["ttp"][part] = fit.ttp
-        if neighbourhood:
-            kept.append((fit.tmax_bins[0] + start, *fit.tmax_bins[1:]))
-    if neighbourhood:
-        bins = tuple(np.concatenate([k[i] for k in kept]) for i in range(5))
-        rows, tmax, peak, area = neighbourhood_prior(
-            model, conc if unsmoothed is None else unsmoothed, mask, bins, voxel_size_mm)
-        _store_clamped(values, rows, kinetics.CBF_SCALE * peak, kinetics.CBV_SCALE * area, tmax,
-                       duration)
-    maps = {}
-    for name in names:
-        image = np.zeros(mask.shape, dtype=np.float32)
-        image[mask] = values[name]
-        maps[name] = image
-    return maps

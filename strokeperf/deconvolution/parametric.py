@@ -49,8 +49,9 @@ whole-brain phantom sessions; figures in docs/accuracy.md):
 
 One step looks beyond the voxel: where a curve leaves its Tmax uncertain (posterior SD above 2 s)
 and its neighbourhood reads as normal, Tmax, CBF and CBV are posterior means under a prior on Tmax
-from that neighbourhood (:func:`neighbourhood_prior`, applied by ``perfusion_maps`` when it is
-given the voxel size, as the pipeline does).
+from that neighbourhood (:mod:`strokeperf.deconvolution.neighbourhood`, this method's
+:meth:`~ParametricDeconvolution.second_pass`, which ``perfusion_maps`` runs when it is given the
+voxel size, as the pipeline does).
 
 Limits. At CT-like noise (2 HU per frame after smoothing) dispersion and residue shape are barely
 identifiable from one voxel's curve, and Tmax, the position of the effective residue's maximum,
@@ -58,7 +59,7 @@ depends on them (a near-box residue has Tmax = delay without dispersion and dela
 0.75 s of it). Even the fit given the tile phantom's own parameter grid as its candidates has a mean
 absolute Tmax error of 1.1-1.6 s per true-Tmax bin there (``benchmarks/accuracy.py --oracle``).
 
-Outputs, in the conventions of :mod:`strokeperf.deconvolution`:
+Outputs, in the conventions of :mod:`strokeperf.deconvolution.base`:
 
 - ``Tmax = delay + argmax(h_beta conv R)``, the time of the maximum of the effective residue (what Tmax
   means with dispersion: Calamante et al. 2010, Stroke 41:1169);
@@ -77,11 +78,12 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy import ndimage
 
 from strokeperf import kinetics
-from strokeperf.timecurves import FWHM_PER_SIGMA, check_frame_times, parabolic_offset, time_to_peak
+from strokeperf.deconvolution.base import PerfusionFit, PerfusionModel
+from strokeperf.deconvolution.neighbourhood import UNINFORMATIVE_TMAX_SD_S, neighbourhood_prior
 from strokeperf.errors import DataError
+from strokeperf.timecurves import check_frame_times, parabolic_offset, time_to_peak
 
 #: Candidate delays, s: from tissue slightly ahead of the AIF (the AIF is sampled in a large artery
 #: downstream of some territories' branch points) to beyond the 10 s Tmax limit of clinical interest.
@@ -122,7 +124,7 @@ LOG_WEIGHT_FLOOR = np.float32(-80.0)
 DEFAULT_CHUNK_SIZE = 64
 
 
-class ParametricDeconvolution:
+class ParametricDeconvolution(PerfusionModel):
     """Dictionary maximum-likelihood fit of the tracer-kinetic model (see module docstring).
 
     Everything that depends on the AIF and the frame times (the fine-grid model curves, their samples at
@@ -142,22 +144,32 @@ class ParametricDeconvolution:
         uniform over the grid's range); equal masses weight the grid points alike (a grid that
         is the population's own list of values, as in ``benchmarks/accuracy.py --oracle``).
 
+    Attributes
+    ----------
+    candidate_tmax : ndarray (K,)
+        Tmax of every candidate (delay + time of the effective residue's maximum), s, float32.
+    candidate_dispersion : ndarray (K,)
+        Dispersion time of every candidate, s (same order).
+    log_prior : ndarray (K,)
+        The log prior weight of every candidate, float32: flat in Tmax, and within a Tmax bin
+        shared by dispersion mass (module docstring).
+    tmax_bin_centres : ndarray (B,)
+        Prior mean Tmax of each :data:`TMAX_PRIOR_BIN_S` bin, s, increasing.
+
     Examples
     --------
-    A noise-free curve with 6 s delay, 1.5 s dispersion and MTT 6 s (true Tmax 8.99 s, effective
-    residue peak 0.0074 1/s, area ratio 0.06):
+    A tissue bolus arriving 6 s after the arterial one and wider (Tmax s, CBF mL/100 g/min, CBV
+    mL/100 g):
 
     >>> import numpy as np
     >>> from strokeperf import kinetics
     >>> t = np.arange(45) * 1.5
     >>> aif = kinetics.gamma_variate(t, 6.0, 3.0, 1.5, peak=400.0)
     >>> model = ParametricDeconvolution(aif, t)
-    >>> curve = 0.01 * model.model_curve(delay=6.0, mtt=6.0, dispersion=1.5, shape=2.0)
+    >>> curve = kinetics.gamma_variate(t, 12.0, 3.0, 2.5, peak=12.0)
     >>> fit = model.fit(curve[None])
-    >>> round(float(fit.tmax[0]), 1), round(float(fit.residue_peak[0]), 4)
-    (9.0, 0.0073)
-    >>> round(float(fit.cbv[0] / kinetics.CBV_SCALE), 3)
-    0.06
+    >>> round(float(fit.tmax[0]), 1), round(float(fit.cbf[0]), 1), round(float(fit.cbv[0]), 2)
+    (7.1, 28.7, 3.49)
     """
 
     def __init__(self, aif, frame_times, delays=None, mtts=None, dispersions=DISPERSIONS_S,
@@ -213,16 +225,16 @@ class ParametricDeconvolution:
         mtt_atoms = np.repeat(self.mtt_grid, self.n_delays)
         peak_atoms = np.repeat(self.kernel_peak_value, self.n_delays)
         # Candidates sorted by Tmax bin, so that per-bin sums over a score matrix are contiguous
-        # (np.add.reduceat) for :meth:`tmax_log_evidence`.
+        # (np.add.reduceat) for the posterior per Tmax bin (:meth:`_tmax_bins`).
         bins = tmax_bins(tmax_atoms, TMAX_PRIOR_BIN_S)
         order = np.argsort(bins, kind="stable")
         bins = bins[order]
         self._bin_starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
-        self._tmax_atoms = tmax_atoms[order]
+        self.candidate_tmax = tmax_atoms[order]
         # Combos run dispersion-major (:func:`_combos`): each candidate's dispersion grid index.
         dispersion_index = np.repeat(np.arange(len(dispersions)),
                                      self.n_combos // len(dispersions) * self.n_delays)[order]
-        self._dispersion_atoms = np.asarray(dispersions, dtype=float)[dispersion_index]
+        self.candidate_dispersion = np.asarray(dispersions, dtype=float)[dispersion_index]
         mtt_atoms, peak_atoms = mtt_atoms[order], peak_atoms[order]
         atoms = atoms.reshape(-1, t.size)[order].astype(np.float32)
         # The baseline offset is profiled out by centring curves and candidates over the frames.
@@ -234,8 +246,8 @@ class ParametricDeconvolution:
         self._unit_atoms_t = None                                       # for explained_energy
         # Candidate Tmax centred on a typical value, and its square, for :meth:`_tmax_moments`
         # (centred so that the second moment does not cancel in float32).
-        self._tmax_centre = float(np.median(self._tmax_atoms))
-        offset = self._tmax_atoms - np.float32(self._tmax_centre)
+        self._tmax_centre = float(np.median(self.candidate_tmax))
+        offset = self.candidate_tmax - np.float32(self._tmax_centre)
         # Every per-curve sum over the candidates in one matrix product each (a pass over the
         # chunk's weights is the fit's unit of cost): the posterior mass and the first two Tmax
         # moments; and the flow-weighted peak and MTT. The flow is the projection times
@@ -252,39 +264,11 @@ class ParametricDeconvolution:
         if mass.shape != (len(dispersions),) or not np.all(mass > 0):
             raise ValueError("dispersion_mass needs one positive weight per dispersion")
         base = mass[dispersion_index]
-        self._log_prior = tmax_flat_log_prior(self._tmax_atoms, TMAX_PRIOR_BIN_S,
+        self.log_prior = tmax_flat_log_prior(self.candidate_tmax, TMAX_PRIOR_BIN_S,
                                               base).astype(np.float32)
         # Prior mean Tmax within each bin (the base measure's weighted mean).
-        self.tmax_bin_centres = (np.add.reduceat(base * self._tmax_atoms, self._bin_starts)
+        self.tmax_bin_centres = (np.add.reduceat(base * self.candidate_tmax, self._bin_starts)
                                  / np.add.reduceat(base, self._bin_starts))
-
-    def model_curve(self, delay, mtt, dispersion, shape):
-        """Noise-free unit-flow tissue curve at the frame times for one parameter set (for tests)."""
-        t = self.frame_times
-        tau = np.arange(0.0, t[-1] - t[0] + FINE_DT_S, FINE_DT_S)
-        r = kinetics.residue(tau, mtt, shape)
-        if dispersion > 0:
-            h = np.exp(-tau / dispersion)
-            h /= h.sum() * FINE_DT_S
-            r = np.convolve(r, h)[: tau.size] * FINE_DT_S
-        g = np.convolve(np.interp(t[0] + tau, t, self.aif), r)[: tau.size] * FINE_DT_S
-        return np.interp(t - t[0] - delay, tau, g, left=0.0)
-
-    @property
-    def candidate_tmax(self) -> np.ndarray:
-        """Tmax of every candidate (delay + time of the effective residue's maximum), s (K,)."""
-        return self._tmax_atoms
-
-    @property
-    def candidate_dispersion(self) -> np.ndarray:
-        """Dispersion time of every candidate, s (K,; same order as :attr:`candidate_tmax`)."""
-        return self._dispersion_atoms
-
-    @property
-    def log_prior(self) -> np.ndarray:
-        """The default log prior weight of every candidate (K,): flat in Tmax, and within a Tmax
-        bin shared by dispersion mass (module docstring)."""
-        return self._log_prior
 
     def _log_weights(self, c: np.ndarray, log_prior: np.ndarray):
         """Log posterior weight of every candidate for a chunk of curves (n, T), up to a constant
@@ -320,7 +304,7 @@ class ParametricDeconvolution:
         score -= best[:, None]
         score *= (0.5 / sigma2)[:, None]
         score += log_prior
-        if log_prior is not self._log_prior:
+        if log_prior is not self.log_prior:
             # Another prior can be far below 0 everywhere. The default one is at least -log(K)
             # (:func:`tmax_flat_log_prior`; about -7 in practice) and the best-fitting candidate's
             # score is 0, so the largest log weight stays far above LOG_WEIGHT_FLOOR as it is.
@@ -350,46 +334,6 @@ class ParametricDeconvolution:
         total[empty] = 1.0
         return weights, proj, total, empty, moments
 
-    def tmax_log_evidence(self, curves, chunk_size: int = DEFAULT_CHUNK_SIZE):
-        """Log posterior mass of every Tmax bin for each curve, up to a constant per curve.
-
-        Returns ``(log_mass, empty)``: (N, B) float32 and the mask (N,) of curves without a fit
-        (as in :meth:`fit`), whose rows are all zero (uninformative). Bins are
-        :data:`TMAX_PRIOR_BIN_S` wide and their prior mean Tmax is :attr:`tmax_bin_centres`; the
-        prior is flat in Tmax and the other parameters (flow, offset, dispersion, MTT, shape) are
-        summed out within each bin. Log masses of neighbouring voxels can be added (the spatial
-        pooling studied in ``benchmarks/tmax_pooling.py``).
-        """
-        curves = self._check_curves(curves)
-        out = np.empty((curves.shape[0], self._bin_starts.size), dtype=np.float32)
-        no_fit = np.empty(curves.shape[0], dtype=bool)
-        for start in range(0, curves.shape[0], chunk_size):
-            c = np.asarray(curves[start:start + chunk_size], dtype=np.float32)
-            score, proj, empty = self._log_weights(c, self._log_prior)
-            empty |= ~(proj.max(axis=1) > 0)
-            # Where a bin's mass underflows float32 its largest term stands in (within log(bin
-            # size) of the true log mass, and far below the curve's best bins either way).
-            bin_max = np.maximum.reduceat(score, self._bin_starts, axis=1)
-            mass = np.add.reduceat(np.exp(score, out=score), self._bin_starts, axis=1)
-            with np.errstate(divide="ignore"):
-                log_mass = np.where(mass > 1e-30, np.log(mass), bin_max)
-            log_mass[empty] = 0.0
-            out[start:start + c.shape[0]] = log_mass
-            no_fit[start:start + c.shape[0]] = empty
-        return out, no_fit
-
-    def posterior_weights(self, curves, log_prior=None) -> np.ndarray:
-        """Posterior probability of every candidate (n, K) for curves (n, T), under ``log_prior``
-        (K,; default :attr:`log_prior`); rows of curves without tracer are zero. Memory grows as
-        n x K: pass chunks of about :data:`DEFAULT_CHUNK_SIZE` curves (for studies of the estimator,
-        ``benchmarks/tmax_priors.py``)."""
-        c = np.asarray(self._check_curves(curves), dtype=np.float32)
-        prior = self._log_prior if log_prior is None else np.asarray(log_prior, dtype=np.float32)
-        weights, _, total, empty, _ = self._weights(c, prior)
-        weights /= total[:, None]
-        weights[empty] = 0.0
-        return weights
-
     def _posterior_means(self, c: np.ndarray, keep_sd_above=None):
         """Posterior means of peak flow (1/s), Tmax (s) and volume for a chunk of curves (n, T).
 
@@ -398,7 +342,7 @@ class ParametricDeconvolution:
         ``keep_sd_above`` (s), the rows whose SD exceeds it with their :meth:`_tmax_bins`
         (else None); the weights are those of :meth:`_weights` under the default prior.
         """
-        weights, proj, total, empty, moments = self._weights(c, self._log_prior)
+        weights, proj, total, empty, moments = self._weights(c, self.log_prior)
         tmax, tmax_sd = self._tmax_moments(moments, total)
         kept = None
         if keep_sd_above is not None:
@@ -427,7 +371,7 @@ class ParametricDeconvolution:
         def bin_mean(values):
             return np.add.reduceat(values, self._bin_starts, axis=1) * inv
 
-        bin_tmax = np.where(held, bin_mean(weights * self._tmax_atoms),
+        bin_tmax = np.where(held, bin_mean(weights * self.candidate_tmax),
                             self.tmax_bin_centres[None, :].astype(np.float32))
         log_mass = np.log(np.maximum(mass, tiny) / mass.sum(axis=1, keepdims=True))
         return (log_mass.astype(np.float32), bin_tmax.astype(np.float32),
@@ -452,11 +396,11 @@ class ParametricDeconvolution:
         curves = self._check_curves(curves)
         n = curves.shape[0]
         mean, sd, no_fit = np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
-        t = self._tmax_atoms[None, :]
+        t = self.candidate_tmax[None, :]
         for start in range(0, n, chunk_size):
             part = slice(start, min(start + chunk_size, n))
             c = np.asarray(curves[part], dtype=np.float32)
-            log_prior = self._log_prior
+            log_prior = self.log_prior
             if prior_mean is not None:
                 m = np.asarray(prior_mean[part], dtype=np.float32)[:, None]
                 v = np.maximum(np.asarray(prior_var[part], dtype=np.float32), 1e-3)[:, None]
@@ -478,7 +422,7 @@ class ParametricDeconvolution:
         """Energy (sum of squares over the frames, baseline offset removed) of each curve (N, T)
         that its best-fitting candidate explains, ``max_k <c, g_k>^2 / <g_k, g_k>`` with
         non-negative flow; the residual energy of the best fit is the curve's centred energy minus
-        this (used to compare input functions: :mod:`strokeperf.aif_reconstruction`)."""
+        this (used to compare input functions: :mod:`strokeperf.aif.reconstruction`)."""
         curves = self._check_curves(curves)
         if self._unit_atoms_t is None:
             # With unit-norm candidates the best score is the square of the largest projection:
@@ -498,7 +442,8 @@ class ParametricDeconvolution:
 
         With ``keep_sd_above`` (s) the fit also keeps the per-Tmax-bin posterior of the curves
         whose posterior SD of Tmax exceeds it (:attr:`ParametricFit.tmax_bins`), so that a prior
-        on their Tmax can be applied later without fitting them again (:func:`neighbourhood_prior`).
+        on their Tmax can be applied later without fitting them again
+        (:func:`~strokeperf.deconvolution.neighbourhood.neighbourhood_prior`).
         """
         curves = self._check_curves(curves)
         n = curves.shape[0]
@@ -522,128 +467,46 @@ class ParametricDeconvolution:
         return ParametricFit(self, flow, tmax, volume, area / self.aif_area,
                              time_to_peak(data, self.frame_times), tmax_sd, tmax_bins)
 
-
-#: A voxel whose posterior SD of Tmax exceeds this, s, is uninformative: its curve alone cannot
-#: tell apart neighbouring clinical thresholds (4/6/8/10 s, 2 s apart).
-UNINFORMATIVE_TMAX_SD_S = 2.0
-#: FWHM, mm, over which the curves of uninformative voxels are averaged into their prior.
-NEIGHBOURHOOD_FWHM_MM = 15.0
-#: The prior acts only where the averaged curves read Tmax below this, s: neighbourhoods that read
-#: as normal, where Tmax varies little and a local average is unbiased (in a lesion Tmax changes
-#: over a few mm, between core and penumbra, and an average there would move thresholds).
-NEIGHBOURHOOD_NORMAL_TMAX_S = 6.0
-#: Voxels reweighted at once by :func:`neighbourhood_prior` (a few float64 (n, bins) temporaries,
-#: about 6 MB each at 85 bins).
-REWEIGHT_BLOCK = 8192
+    def second_pass(self, source, mask, voxel_size_mm) -> "NeighbourhoodPass":
+        """The neighbourhood prior on the Tmax of uninformative voxels (:class:`NeighbourhoodPass`,
+        :mod:`strokeperf.deconvolution.neighbourhood`); ``source`` is the concentration before the
+        session's spatial smoothing."""
+        return NeighbourhoodPass(self, source, mask, voxel_size_mm)
 
 
-def neighbourhood_prior(model: "ParametricDeconvolution", source, mask, tmax_bins, voxel_size_mm):
-    """Tmax (s), and with it CBF and CBV, of uninformative voxels under a prior on Tmax taken from
-    their neighbourhood.
+class NeighbourhoodPass:
+    """The parametric method's second pass over a volume (:meth:`ParametricDeconvolution.second_pass`).
 
-    Empirical Bayes in the spirit of Besag (1974, J R Stat Soc B 36:192) and of adaptive smoothing
-    (Polzehl & Spokoiny 2006, Probab Theory Relat Fields 135:335). At low contrast-to-noise (half
-    the usual arterial contrast, or 20 HU noise) the posterior of a normal voxel's Tmax spreads over
-    the whole delay range and its mean, pulled to the middle of the range, crosses 6 s: whole-brain
-    phantoms then read Tmax > 4 s up to twice its true volume and Tmax > 6 s 14 % large. Voxels whose
-    posterior SD of Tmax exceeds :data:`UNINFORMATIVE_TMAX_SD_S` get a Gaussian prior on Tmax: the
-    posterior mean and variance of the curves of uninformative voxels averaged over
-    :data:`NEIGHBOURHOOD_FWHM_MM` (normalised convolution among those voxels only, so that
-    brighter, informative neighbours do not impose their timing). Only where the prior's mean is
-    below :data:`NEIGHBOURHOOD_NORMAL_TMAX_S`; elsewhere, and where the averaged curve has no fit,
-    the voxel keeps its own estimates.
-
-    The voxel's own posterior comes from the fit (``fit(keep_sd_above=UNINFORMATIVE_TMAX_SD_S)``)
-    as a mass and mean Tmax, flow and area per 0.5 s Tmax bin; the prior multiplies each bin's mass
-    at the bin's mean Tmax, so no curve is fitted again. Every output is the posterior mean under
-    the same (new) posterior: a spread-out posterior also reads the effective residue's peak low
-    (on seed 104, normal voxels whose Tmax the prior moved below 4 s read CBF 14 mL/100 g/min on
-    their own, truth 29), and a reference region of normal tissue that includes them must not.
-
-    Parameters
-    ----------
-    model : ParametricDeconvolution
-    source : ndarray (X, Y, Z, T)
-        Concentration the prior is averaged from: the series before the session's spatial
-        smoothing. In smoothed curves an uninformative voxel at a lesion's rim already holds some
-        of its brighter, earlier normal neighbours' signal, and a prior from them pulled the rim
-        early (whole-brain phantom seed 104: Tmax > 6 s -18 % against -10 %).
-    mask : ndarray of bool (X, Y, Z)
-        The fitted voxels; rows of ``tmax_bins`` count them in C order.
-    tmax_bins : tuple
-        :attr:`ParametricFit.tmax_bins` of those voxels, kept above
-        :data:`UNINFORMATIVE_TMAX_SD_S`.
-    voxel_size_mm : sequence of 3 floats
-
-    Returns
-    -------
-    rows : ndarray (n,) of the voxels (rows of ``mask``) the prior revised, and their posterior
-    mean Tmax (s), effective residue peak (1/s) and area ratio, each (n,).
+    :meth:`fit` fits the curves of ``mask`` chunk by chunk, in C order, and keeps the per-Tmax-bin
+    posterior of the voxels whose posterior SD of Tmax exceeds
+    :data:`~strokeperf.deconvolution.neighbourhood.UNINFORMATIVE_TMAX_SD_S`; :meth:`revise` gives
+    those voxels' posterior means under the prior on Tmax from their neighbourhood
+    (:func:`~strokeperf.deconvolution.neighbourhood.neighbourhood_prior`), without fitting them
+    again.
     """
-    mask = np.asarray(mask, dtype=bool)
-    rows, log_mass, bin_tmax, bin_flow, bin_volume = tmax_bins
-    none = np.zeros(0)
-    if rows.size == 0:
-        return rows, none, none, none
-    where = np.zeros(mask.shape, dtype=bool)
-    where[tuple(a[rows] for a in np.nonzero(mask))] = True
-    # ``where``'s voxels in C order are ``rows`` sorted (as the fit returns them: no copy then).
-    if np.any(np.diff(rows) < 0):
-        order = np.argsort(rows, kind="stable")
-        rows, log_mass, bin_tmax = rows[order], log_mass[order], bin_tmax[order]
-        bin_flow, bin_volume = bin_flow[order], bin_volume[order]
-    wide, cell = _neighbourhood_curves(source, where, voxel_size_mm, NEIGHBOURHOOD_FWHM_MM)
-    prior_mean, prior_sd, no_fit = model.tmax_posterior(wide)
-    prior_mean, prior_var, no_fit = prior_mean[cell], prior_sd[cell] ** 2, no_fit[cell]
-    del wide
-    use = np.flatnonzero(~no_fit & (prior_mean < NEIGHBOURHOOD_NORMAL_TMAX_S))
-    tmax, flow, volume = np.empty(use.size), np.empty(use.size), np.empty(use.size)
-    for start in range(0, use.size, REWEIGHT_BLOCK):
-        part = slice(start, start + REWEIGHT_BLOCK)
-        at = use[part]
-        t = bin_tmax[at].astype(float)
-        log_post = log_mass[at] - 0.5 * (t - prior_mean[at, None]) ** 2 / np.maximum(
-            prior_var[at, None], 1e-3)
-        post = np.exp(log_post - log_post.max(axis=1, keepdims=True))
-        post /= post.sum(axis=1, keepdims=True)
-        tmax[part] = np.einsum("nb,nb->n", post, t)
-        flow[part] = np.einsum("nb,nb->n", post, bin_flow[at])
-        volume[part] = np.einsum("nb,nb->n", post, bin_volume[at])
-    return rows[use], tmax, flow, volume
 
+    def __init__(self, model: ParametricDeconvolution, source, mask, voxel_size_mm):
+        self.model = model
+        self.source = source
+        self.mask = mask
+        self.voxel_size_mm = voxel_size_mm
+        self._kept = []
+        self._fitted = 0
 
-def _neighbourhood_curves(source, where, voxel_size_mm, fwhm_mm: float):
-    """Curves of ``source`` (X, Y, Z, T) averaged over a Gaussian of ``fwhm_mm`` among the voxels
-    of ``where`` only (normalised convolution, Knutsson & Westin 1993), on a grid of cells of up to
-    a quarter of the FWHM (a Gaussian that wide hardly changes within a cell; 2 x 2 x 1 voxels of
-    1.5 x 1.5 x 5 mm for 15 mm), which makes it about eight times faster than on the voxel grid.
+    def fit(self, curves) -> "ParametricFit":
+        """:meth:`ParametricDeconvolution.fit` of the next curves (N, T) of the mask."""
+        fit = self.model.fit(curves, keep_sd_above=UNINFORMATIVE_TMAX_SD_S)
+        self._kept.append((fit.tmax_bins[0] + self._fitted, *fit.tmax_bins[1:]))
+        self._fitted += len(curves)
+        return fit
 
-    Returns the curves of the cells that hold voxels of ``where`` (C, T) and, for every voxel of
-    ``where`` in C order, the index of its cell.
-    """
-    voxel = np.asarray(voxel_size_mm, dtype=float)[:3]
-    factor = np.maximum(1, np.floor(fwhm_mm / (4.0 * voxel))).astype(int)
-    shape = np.asarray(where.shape)
-    cells = -(-shape // factor)                                       # ceiling division
-    pad = [(0, int(c * f - n)) for c, f, n in zip(cells, factor, shape)]
-    blocks = (cells[0], factor[0], cells[1], factor[1], cells[2], factor[2])
-    weight = np.pad(where.astype(np.float32), pad).reshape(blocks).sum(axis=(1, 3, 5))
-    sigma = fwhm_mm / FWHM_PER_SIGMA / (voxel * factor)
-    norm = ndimage.gaussian_filter(weight, sigma, mode="constant")
-    held = weight > 0
-    inv_norm = 1.0 / norm[held]
-    out = np.empty((int(held.sum()), source.shape[-1]), dtype=np.float32)
-    frame = np.empty(where.shape, dtype=np.float32)
-    for k in range(source.shape[-1]):
-        np.multiply(source[..., k], where, out=frame, casting="unsafe")
-        summed = np.pad(frame, pad).reshape(blocks).sum(axis=(1, 3, 5))
-        out[:, k] = ndimage.gaussian_filter(summed, sigma, mode="constant")[held] * inv_norm
-    # Cell index of every voxel of ``where``, numbered in the order of ``out``'s rows.
-    number = np.full(weight.shape, -1, dtype=np.int64)
-    number[held] = np.arange(out.shape[0])
-    ijk = np.nonzero(where)
-    cell = number[tuple(i // f for i, f in zip(ijk, factor))]
-    return out, cell
+    def revise(self) -> tuple[np.ndarray, "ParametricFit"]:
+        """The rows of the mask (n,) that the neighbourhood prior revised and their fit: posterior
+        means of Tmax, effective residue peak and fitted area ratio (no TTP or measured area)."""
+        bins = tuple(np.concatenate([k[i] for k in self._kept]) for i in range(5))
+        rows, tmax, peak, area = neighbourhood_prior(self.model, self.source, self.mask, bins,
+                                                     self.voxel_size_mm)
+        return rows, ParametricFit(self.model, peak, tmax, area, None, None)
 
 
 def _combos(dispersions, mtts, shapes) -> np.ndarray:
@@ -709,17 +572,21 @@ def dispersion_weights(dispersions_s) -> np.ndarray:
     return np.r_[mid, grid[-1]] - np.r_[grid[0], mid]
 
 
-class ParametricFit:
-    """Result of :meth:`ParametricDeconvolution.fit`; properties as :class:`DeconvolutionFit`.
+class ParametricFit(PerfusionFit):
+    """Result of :meth:`ParametricDeconvolution.fit`: the perfusion parameters of
+    :class:`~strokeperf.deconvolution.base.PerfusionFit` as posterior means.
+
+    ``residue_peak`` is the posterior mean of the effective residue's peak ``F max(h conv R)`` in
+    1/s, ``tmax`` the posterior mean time of that maximum (s, relative to the AIF), ``ttp`` the time
+    of the measured curve's maximum from the first frame (s), ``area_ratio`` the area ratio of the
+    measured curve (model-free, for comparison). CBV is the area of the fitted curve, right also
+    when the scan ends before the tissue curve has returned to baseline.
 
     Attributes
     ----------
-    residue_peak : ndarray (N,)
-        Posterior mean of the effective residue's peak ``F max(h conv R)`` in 1/s.
     model_area_ratio : ndarray (N,)
-        Posterior mean of ``F MTT``, the area ratio of the fitted curve (dimensionless).
-    area_ratio : ndarray (N,)
-        Area ratio of the measured curve (model-free), for comparison.
+        Posterior mean of ``F MTT``, the area ratio of the fitted curve (dimensionless), which
+        CBV reports.
     tmax_sd : ndarray (N,)
         Posterior SD of Tmax, s: how far the curve alone determines its Tmax.
     tmax_bins : tuple or None
@@ -730,39 +597,12 @@ class ParametricFit:
 
     def __init__(self, model, flow, tmax, model_area_ratio, area_ratio, ttp, tmax_sd=None,
                  tmax_bins=None):
-        self.model = model
-        self.residue_peak = flow
-        self._tmax = tmax
+        super().__init__(model, flow, tmax, ttp, area_ratio)
+        self.model_area_ratio = model_area_ratio
         self.tmax_sd = tmax_sd
         self.tmax_bins = tmax_bins
-        self.model_area_ratio = model_area_ratio
-        self.area_ratio = area_ratio
-        self._ttp = ttp
 
     @property
-    def cbf(self) -> np.ndarray:
-        """Cerebral blood flow, mL/100 g/min: ``CBF_SCALE`` times the effective residue's peak."""
-        return kinetics.CBF_SCALE * self.residue_peak
-
-    @property
-    def cbv(self) -> np.ndarray:
-        """Cerebral blood volume, mL/100 g: area of the fitted curve, right also when the scan ends
-        before the tissue curve has returned to baseline."""
-        return kinetics.CBV_SCALE * self.model_area_ratio
-
-    @property
-    def mtt(self) -> np.ndarray:
-        """Mean transit time, s: ``60 CBV / CBF`` (central volume theorem, effective residue)."""
-        cbf = self.cbf
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(cbf > 0, 60.0 * self.cbv / cbf, 0.0)
-
-    @property
-    def tmax(self) -> np.ndarray:
-        """Posterior mean time of the maximum of the effective residue, s relative to the AIF."""
-        return self._tmax
-
-    @property
-    def ttp(self) -> np.ndarray:
-        """Time of the measured curve's maximum from the first frame, s."""
-        return self._ttp
+    def cbv_area_ratio(self) -> np.ndarray:
+        """The fitted curve's area ratio (:attr:`model_area_ratio`)."""
+        return self.model_area_ratio
