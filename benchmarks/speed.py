@@ -33,26 +33,15 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from strokeperf import kinetics
+from strokeperf.testing import aif_curve, tissue_curves
 from strokeperf.concentration import denoise
 from strokeperf.deconvolution import METHODS, perfusion_maps
 
-FINE_DT = 0.02
-
-
-def aif_curve(t):
-    t = np.asarray(t, dtype=float)
-    return (kinetics.gamma_variate(t, 4.0, 3.0, 1.5, 300.0)
-            + kinetics.gamma_variate(t, 14.0, 3.0, 3.0, 30.0))
-
-
-def tissue_curve(t, cbf, mtt, delay, shape=1.0, dispersion=0.0):
-    tf = np.arange(0.0, t[-1] + 2 * FINE_DT, FINE_DT)
-    h = kinetics.residue(tf - delay, mtt, shape)
-    if dispersion > 0:
-        h = np.convolve(h, kinetics.dispersion_kernel(tf, dispersion) * FINE_DT)[: tf.size]
-    c = kinetics.flow_rate_per_s(cbf) * np.convolve(aif_curve(tf), h)[: tf.size] * FINE_DT
-    return np.interp(t, tf, c), float(tf[np.argmax(h)])
+def tissue_curve(frame_times, cbf, mtt, delay, shape=1.0, dispersion=0.0):
+    """One noise-free tissue curve and its true Tmax, s (:func:`strokeperf.testing.tissue_curves`:
+    the residue delayed by ``delay`` and dispersed by an exponential kernel; Tmax is its argmax)."""
+    curves, tmax = tissue_curves(frame_times, cbf, mtt, delay, shape, dispersion)
+    return curves[0], float(tmax[0])
 
 
 def measure(fn, repeat: int = 1):

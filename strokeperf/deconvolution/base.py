@@ -94,6 +94,9 @@ class PerfusionModel(ABC):
     """
 
     frame_times: np.ndarray
+    #: Whether :meth:`second_pass` should read the concentration before the session's spatial
+    #: smoothing (``perfusion_maps(..., unsmoothed=...)``), so that callers load it only then.
+    second_pass_reads_unsmoothed: bool = False
 
     @abstractmethod
     def fit(self, curves) -> PerfusionFit:

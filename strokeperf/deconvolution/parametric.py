@@ -172,6 +172,9 @@ class ParametricDeconvolution(PerfusionModel):
     (7.1, 28.7, 3.49)
     """
 
+    #: The neighbourhood prior reads the unsmoothed concentration (:mod:`.neighbourhood`).
+    second_pass_reads_unsmoothed = True
+
     def __init__(self, aif, frame_times, delays=None, mtts=None, dispersions=DISPERSIONS_S,
                  shapes=RESIDUE_SHAPES, dispersion_mass=None):
         aif = np.asarray(aif, dtype=float)

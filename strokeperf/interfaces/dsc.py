@@ -1,6 +1,6 @@
 """pydra tasks of the DSC-MRI path and its diffusion core: file paths in, stage functions, file paths
 out. Deconvolution and the shared lesion rules are those of the CT path
-(:mod:`strokeperf.interfaces.ctp`); motion correction and co-registration are in
+(:mod:`strokeperf.interfaces.perfusion`); motion correction and co-registration are in
 :mod:`strokeperf.interfaces.registration`.
 """
 
@@ -22,8 +22,8 @@ from strokeperf.bids.discovery import Session
 from strokeperf.bids.perfusion import load_perfusion
 from strokeperf.errors import DataError, InputError
 from strokeperf.interfaces.base import load_array, load_mask, records_failure, save_array
-from strokeperf.interfaces.ctp import (load_hypoperfusion, save_hypoperfusion, session_qc, user_aif,
-                                       write_input_functions)
+from strokeperf.interfaces.perfusion import (load_hypoperfusion, save_hypoperfusion, session_qc,
+                                             user_aif, write_input_functions)
 from strokeperf.registration import resampling
 
 #: QC flag of a DSC session without DWI or ADC: no core, so no mismatch and no profile.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydra.compose import workflow
 
-from strokeperf.interfaces.ctp import Deconvolve
+from strokeperf.interfaces.perfusion import Deconvolve
 from strokeperf.interfaces.derivatives import WriteDerivatives
 from strokeperf.interfaces.normalisation import NormaliseSession
 

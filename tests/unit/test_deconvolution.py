@@ -15,8 +15,8 @@ from strokeperf.deconvolution.svd import (OSCILLATION_INDEX_WU2003, OSVD_THRESHO
                                           BlockCirculantSVD, StandardSVD, TikhonovSVD,
                                           convolution_matrix)
 from strokeperf.errors import DataError
+from strokeperf.testing import FINE_DT_S, aif_curve, tissue_curves
 
-FINE_DT = 0.02  # s; truth is convolved on this grid, 50x finer than the frames
 #: Method variants under test: name -> (METHODS key, options).
 VARIANTS = {name: (name, {}) for name in METHODS}
 VARIANTS["tikhonov-gcv"] = ("tikhonov", {"criterion": "gcv"})
@@ -30,25 +30,11 @@ def make_model(variant, aif, times):
     return METHODS[name](aif, times, **options)
 
 
-def aif_curve(t, arrival=4.0, peak=300.0):
-    """CT-like AIF (delta-HU): gamma variate plus a small recirculation."""
-    t = np.asarray(t, dtype=float)
-    return (kinetics.gamma_variate(t, arrival, 3.0, 1.5, peak)
-            + kinetics.gamma_variate(t, arrival + 10.0, 3.0, 3.0, 0.1 * peak))
-
-
 def tissue_curve(frame_times, cbf, mtt, delay, shape=1.0, dispersion=0.0):
-    """Tissue curve C = F (AIF conv h)(t) sampled at frame_times, and the true Tmax (s).
-
-    ``h`` is the residue delayed by ``delay`` (and dispersed by an exponential kernel); the truth
-    Tmax is the argmax of h, as defined for strokeperf.
-    """
-    tf = np.arange(0.0, frame_times[-1] + 2 * FINE_DT, FINE_DT)
-    h = kinetics.residue(tf - delay, mtt, shape)
-    if dispersion > 0:
-        h = np.convolve(h, kinetics.dispersion_kernel(tf, dispersion) * FINE_DT)[: tf.size]
-    c = kinetics.flow_rate_per_s(cbf) * np.convolve(aif_curve(tf), h)[: tf.size] * FINE_DT
-    return np.interp(frame_times, tf, c), float(tf[np.argmax(h)])
+    """One noise-free tissue curve and its true Tmax, s (:func:`strokeperf.testing.tissue_curves`:
+    the residue delayed by ``delay`` and dispersed by an exponential kernel; Tmax is its argmax)."""
+    curves, tmax = tissue_curves(frame_times, cbf, mtt, delay, shape, dispersion)
+    return curves[0], float(tmax[0])
 
 
 UNIFORM = np.arange(0.0, 90.0, 1.0)
@@ -250,11 +236,11 @@ def test_tikhonov_parameter_follows_the_noise(criterion):
 def test_tissue_leading_the_aif_gives_negative_tmax():
     # An AIF from a delayed artery: tissue arrives 3 s before it; the circulant wraps that lag.
     t = UNIFORM
-    late_aif = aif_curve(t, arrival=7.0)
-    tf = np.arange(0.0, t[-1] + 2 * FINE_DT, FINE_DT)
+    late_aif = aif_curve(t, arrival_s=7.0)
+    tf = np.arange(0.0, t[-1] + 2 * FINE_DT_S, FINE_DT_S)
     h = kinetics.residue(tf, 5.0, 3.0)
-    c = kinetics.flow_rate_per_s(40.0) * np.convolve(aif_curve(tf, arrival=4.0), h)[: tf.size]
-    fit = BlockCirculantSVD(late_aif, t).fit(np.interp(t, tf, c * FINE_DT)[None])
+    c = kinetics.flow_rate_per_s(40.0) * np.convolve(aif_curve(tf, arrival_s=4.0), h)[: tf.size]
+    fit = BlockCirculantSVD(late_aif, t).fit(np.interp(t, tf, c * FINE_DT_S)[None])
     assert -4.5 < fit.tmax[0] < -1.5
 
 
