@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from strokeperf.bids.derivatives import TEMPLATE_RESOLUTION_MM
 from strokeperf.errors import DataError
 from strokeperf.registration.ants import (MI_BINS, from_ants, import_ants, metric_sampling_rate,
                                           seeded, to_ants, transform_from_ras)
@@ -34,8 +35,6 @@ SYN_ITERATIONS = (40, 20, 0)
 #: template is known (mean error over the brain): 2.5 -> 1.8 mm (CT), 1.7 -> 1.2 mm (DSC) with 2.
 SYN_UPDATE_FIELD_VARIANCE = 3.0
 SYN_TOTAL_FIELD_VARIANCE = 2.0
-#: Resolution of the ICBM152 2009a template used for normalisation, mm (nilearn ships 1 and 2 mm).
-TEMPLATE_RESOLUTION_MM = 2
 
 
 @dataclass

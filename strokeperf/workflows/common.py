@@ -17,7 +17,7 @@ def add_deconvolution(session: dict, config: dict, conc, masks, inputs, motion):
                                    brain_mask=masks.brain_mask,
                                    input_functions_file=inputs.input_functions,
                                    frame_times=motion.frame_times, method=config["deconvolution"],
-                                   options=config.get("deconvolution_options", {}),
+                                   options=config["deconvolution_options"],
                                    unsmoothed_concentration_file=conc.concentration))
 
 
@@ -29,7 +29,7 @@ def add_outputs(session: dict, output_dir: str, run_id: str, config: dict, *, re
     norm = workflow.add(NormaliseSession(session=session, reference_image=reference_image,
                                          brain_mask=masks.brain_mask,
                                          lesion_maps=lesion.lesion_maps,
-                                         enabled=config.get("normalise", False)))
+                                         enabled=config["normalise"]))
     return workflow.add(WriteDerivatives(
         session=session, output_dir=output_dir, run_id=run_id, maps=maps.perfusion_maps,
         lesion_maps=lesion.lesion_maps, brain_mask=masks.brain_mask, csf_mask=masks.csf_mask,

@@ -20,10 +20,10 @@ from strokeperf.workflows.common import add_deconvolution, add_outputs
 @workflow.define(outputs=["volumes"])
 def CTPSession(session: dict, output_dir: str, run_id: str, config: dict) -> File:
     """One CTP session from the raw series to derivatives in OUTPUT_DIR (see module docstring)."""
-    load = workflow.add(LoadCTP(session=session, frame_interval=config.get("frame_interval")))
+    load = workflow.add(LoadCTP(session=session, frame_interval=config["frame_interval"]))
     motion = workflow.add(MotionCorrect(session=session, series_file=load.ctp_file,
                                         frame_times=load.frame_times,
-                                        enabled=config.get("motion_correction", True)))
+                                        enabled=config["motion_correction"]))
     masks = workflow.add(CTMasks(session=session, ctp_file=motion.corrected,
                                  frame_times=motion.frame_times))
     conc = workflow.add(CTConcentration(session=session, ctp_file=motion.corrected,

@@ -22,10 +22,10 @@ from strokeperf.workflows.common import add_deconvolution, add_outputs
 def DSCSession(session: dict, output_dir: str, run_id: str, config: dict) -> File:
     """One DSC-MRI session (with its DWI/ADC) from the raw series to derivatives in OUTPUT_DIR
     (see module docstring)."""
-    load = workflow.add(LoadDSC(session=session, frame_interval=config.get("frame_interval")))
+    load = workflow.add(LoadDSC(session=session, frame_interval=config["frame_interval"]))
     motion = workflow.add(MotionCorrect(session=session, series_file=load.dsc_file,
                                         frame_times=load.frame_times,
-                                        enabled=config.get("motion_correction", True)))
+                                        enabled=config["motion_correction"]))
     masks = workflow.add(MRMasks(session=session, dsc_file=motion.corrected,
                                  frame_times=motion.frame_times, echo_time=load.echo_time))
     conc = workflow.add(DSCConcentration(session=session, dsc_file=motion.corrected,
@@ -33,7 +33,7 @@ def DSCSession(session: dict, output_dir: str, run_id: str, config: dict) -> Fil
                                          bolus=masks.bolus,
                                          vessel_search_mask=masks.vessel_search_mask,
                                          brain_mask=masks.brain_mask, csf_mask=masks.csf_mask,
-                                         leakage_correction=config.get("leakage_correction", False),
+                                         leakage_correction=config["leakage_correction"],
                                          denoise_fwhm_mm=config["denoise_fwhm_mm"]))
     inputs = workflow.add(MRInputFunctions(session=session, concentration_file=conc.concentration,
                                            dsc_file=motion.corrected,
