@@ -8,17 +8,18 @@ the methods prose: the participant report's methods section, the README's "Metho
 (generated)" excerpt and the datasink's sidecar ``Method`` strings (:func:`motion_correction_methods`,
 :func:`diffusion_registration_methods`, :func:`normalisation_methods`) take their text from here.
 
-Regenerate the README excerpt with ``python -m strokeperf.reports.methods`` (the default paragraphs
+Regenerate the README excerpt with ``python -m strokeperf.reports`` (the default paragraphs
 and their references, as Markdown).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, field, fields
 
 from strokeperf import brainmask, kinetics, lesions
+from strokeperf.deconvolution import neighbourhood
+from strokeperf.registration import motion
 from strokeperf.config import Parameters
 
 #: Works cited by the methods text: key -> (in-text label, reference list entry).
@@ -167,10 +168,13 @@ def _motion(text: _Text, p: Parameters) -> None:
         return
     text.add(f"Every frame was registered rigidly to a reference frame (the frame closest to the "
              f"temporal median) by Mattes mutual information ({text.cite('mattes2003')}) in ANTs "
-             f"with linear resampling; frames moved less than 0.1 mm were left as acquired, frames displaced through the "
-             f"slice plane by more than half the slice thickness were excluded, and in the other "
-             f"moved frames, samples whose resampling error predicted for a static head exceeded "
-             f"one noise SD (next to bone, scalp and CSF) were replaced by linear interpolation in "
+             f"with linear resampling; frames moved less than "
+             f"{motion.NEGLIGIBLE_MOTION_MM:g} mm were left as acquired, frames displaced "
+             f"through the slice plane by more than "
+             f"{motion.EXCLUDE_THROUGH_PLANE_SLICE_FRACTION:g} of the slice thickness were "
+             f"excluded, and in the other moved frames, samples whose resampling error predicted "
+             f"for a static head exceeded {motion.CENSOR_NOISE_SD:g} noise SD (next to bone, "
+             f"scalp and CSF) were replaced by linear interpolation in "
              f"time ({text.cite('power2014')}); framewise displacement "
              f"({text.cite('power2012')}) was recorded for every frame.")
 
@@ -197,8 +201,10 @@ def _deconvolution(text: _Text, p: Parameters) -> None:
             f"prior flat in Tmax). Tmax was the time of the maximum of the effective residue "
             f"({text.cite('calamante2010')}), CBF its peak, CBV the area of the fitted curve and "
             f"MTT = CBV/CBF. Where a voxel's own curve left its Tmax uncertain (posterior SD above "
-            f"2 s) and its neighbourhood read as normal, Tmax, CBF and CBV were posterior means "
-            f"under a prior on Tmax from the unsmoothed curves within 15 mm (empirical Bayes; "
+            f"{neighbourhood.UNINFORMATIVE_TMAX_SD_S:g} s) and its neighbourhood read as "
+            f"normal (Tmax below {neighbourhood.NEIGHBOURHOOD_NORMAL_TMAX_S:g} s), Tmax, "
+            f"CBF and CBV were posterior means under a prior on Tmax from the unsmoothed curves "
+            f"averaged over {neighbourhood.NEIGHBOURHOOD_FWHM_MM:g} mm FWHM (empirical Bayes; "
             f"{text.cite('besag1974')}).")
     else:
         text.add(
@@ -403,7 +409,7 @@ def _markdown(modality: str, parameters: Parameters) -> str:
 
 
 def main(argv=None) -> int:
-    """Print the default methods paragraphs (``python -m strokeperf.reports.methods``)."""
+    """Print the default methods paragraphs (``python -m strokeperf.reports``)."""
     parser = argparse.ArgumentParser(description="Print the methods text of the default parameters "
                                                  "(the README's 'Methods text (generated)').")
     parser.add_argument("--modality", choices=sorted(WORKFLOW_METHODS), nargs="*",
@@ -413,6 +419,3 @@ def main(argv=None) -> int:
         print(_markdown(modality, Parameters()))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -118,7 +118,7 @@ def test_readme_holds_the_generated_ctp_paragraph(capsys):
     assert block, "README.md has no methods-ctp block"
     paragraph = block.group(1).split("References:")[0]
     assert " ".join(paragraph.split()) == methods.ctp_methods(DEFAULT), \
-        "README's methods text is stale: python -m strokeperf.reports.methods --modality ctp"
+        "README's methods text is stale: python -m strokeperf.reports --modality ctp"
     for reference in methods.ctp_references(DEFAULT):
         assert reference in block.group(1)
     assert methods.main(["--modality", "ctp"]) == 0
