@@ -19,7 +19,8 @@ import numpy as np
 from scipy import integrate, ndimage
 
 from strokeperf.errors import DataError
-from strokeperf.timecurves import FWHM_PER_SIGMA, MAD_TO_SD, check_frame_times, noise_sd, smooth3
+from strokeperf.timecurves import (FWHM_PER_SIGMA, MAD_TO_SD, check_frame_times, noise_sd,
+                                   series_and_mask, smooth3)
 
 #: Fewest frames a perfusion series can have and still show baseline, upslope, peak and downslope.
 MIN_FRAMES = 5
@@ -304,11 +305,7 @@ def correct_leakage(delta_r2s, frame_times, mask, reference_mask=None):
     corrected : ndarray of float32 (X, Y, Z, T), 1/s
     k2 : ndarray of float32 (X, Y, Z), 1/s (positive: T1-dominant leakage; negative: T2*-dominant)
     """
-    conc = np.asarray(delta_r2s)
-    region = np.asarray(mask, dtype=bool)
-    if conc.ndim != 4 or conc.shape[:3] != region.shape:
-        raise DataError(f"leakage correction needs a 4D series and a matching 3D mask, got "
-                        f"{conc.shape} and {region.shape}")
+    conc, region = series_and_mask(delta_r2s, mask, "leakage correction needs")
     t = check_frame_times(frame_times, conc.shape[-1])
     ref = region if reference_mask is None else np.asarray(reference_mask, dtype=bool) & region
     flat = conc.reshape(-1, conc.shape[-1])
@@ -365,11 +362,7 @@ def denoise(conc, mask, voxel_size_mm, fwhm_mm: float = DENOISE_FWHM_MM) -> np.n
     -------
     ndarray of float32, shape (X, Y, Z, T)
     """
-    conc = np.asarray(conc)
-    mask = np.asarray(mask, dtype=bool)
-    if conc.ndim != 4 or conc.shape[:3] != mask.shape:
-        raise DataError(f"denoise needs a 4D series and a matching 3D mask, got {conc.shape} and "
-                        f"{mask.shape}")
+    conc, mask = series_and_mask(conc, mask, "denoise needs")
     voxel = np.asarray(voxel_size_mm, dtype=float)[:3]
     out = np.zeros(conc.shape, dtype=np.float32)
     if fwhm_mm <= 0:

@@ -206,11 +206,9 @@ class Hypoperfusion:
     """Tissue, reference tissue, relative maps and Tmax lesions of one session (perfusion grid).
 
     ``tmax_masks`` maps each Tmax threshold (s) to its mask; ``hypoperfused`` is the Tmax > 6 s one.
-    ``voxel_size`` is in mm, taken from ``affine``.
     """
 
     affine: np.ndarray
-    voxel_size: np.ndarray
     brain: np.ndarray
     tissue: np.ndarray
     reference: np.ndarray
@@ -218,6 +216,11 @@ class Hypoperfusion:
     rcbv: np.ndarray
     tmax_masks: dict
     hypoperfused: np.ndarray
+
+    @property
+    def voxel_size(self) -> np.ndarray:
+        """Voxel edge lengths, mm, from ``affine``."""
+        return voxel_sizes(self.affine)
 
 
 def hypoperfusion(cbf, cbv, tmax, brain_mask, csf_mask, affine, thresholds_s=TMAX_THRESHOLDS_S,
@@ -236,5 +239,5 @@ def hypoperfusion(cbf, cbv, tmax, brain_mask, csf_mask, affine, thresholds_s=TMA
     rcbf = relative_map(cbf, reference)
     rcbv = relative_map(cbv, reference)
     tmax_masks = tmax_lesions(tmax, tissue, vs, thresholds_s, min_cluster_ml)
-    return Hypoperfusion(affine, vs, np.asarray(brain_mask, dtype=bool), tissue, reference, rcbf,
-                         rcbv, tmax_masks, tmax_masks[HYPOPERFUSION_TMAX_S])
+    return Hypoperfusion(affine, np.asarray(brain_mask, dtype=bool), tissue, reference, rcbf, rcbv,
+                         tmax_masks, tmax_masks[HYPOPERFUSION_TMAX_S])

@@ -360,3 +360,5 @@ WORKFLOW_QC_RULES = {
                             "has no template-space outputs and is left out of the lesion-frequency "
                             "maps; its perfusion results are unaffected.",
 }
+#: The one-sentence rule of every QC flag a session can carry (computed or raised by a workflow).
+ALL_QC_RULES = {**QC_FLAG_RULES, **WORKFLOW_QC_RULES}

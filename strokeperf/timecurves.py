@@ -35,6 +35,18 @@ def check_frame_times(frame_times, n_frames: int | None = None) -> np.ndarray:
     return t
 
 
+def series_and_mask(series, mask, purpose: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(series, mask)`` as arrays (mask boolean) after checking that ``series`` is 4D ``(X, Y, Z,
+    T)`` and ``mask`` is 3D on its grid; otherwise DataError "``purpose`` a 4D series and a
+    matching 3D mask, got ..." (``purpose`` e.g. "denoise needs")."""
+    series = np.asarray(series)
+    mask = np.asarray(mask, dtype=bool)
+    if series.ndim != 4 or series.shape[:3] != mask.shape:
+        raise DataError(f"{purpose} a 4D series and a matching 3D mask, got {series.shape} and "
+                        f"{mask.shape}")
+    return series, mask
+
+
 def noise_sd(curves, axis: int = -1) -> np.ndarray:
     """Robust noise standard deviation of curves from their first differences.
 

@@ -42,7 +42,7 @@ from scipy import optimize, special
 from strokeperf import kinetics
 from strokeperf.concentration import MIN_BASELINE_FRAMES, detect_bolus
 from strokeperf.errors import DataError, InputError
-from strokeperf.timecurves import check_frame_times, fwhm, smooth3
+from strokeperf.timecurves import check_frame_times, fwhm, series_and_mask, smooth3
 
 #: Voxels averaged into the AIF. Mouridsen et al. 2006 average their final cluster of a few to
 #: ten voxels; more voxels lower the noise, fewer keep partial volume low.
@@ -249,11 +249,7 @@ def mean_input_function(flat, index, shape, t) -> InputFunction:
 def candidate_curves(conc, frame_times, candidate_mask, exclude_mask):
     """``(flat, index, t)``: the series as (N, T) rows, the flat indices of the candidate voxels
     (``candidate_mask`` minus ``exclude_mask``) and the checked frame times (s)."""
-    conc = np.asarray(conc)
-    mask = np.asarray(candidate_mask, dtype=bool)
-    if conc.ndim != 4 or conc.shape[:3] != mask.shape:
-        raise DataError(f"input-function selection needs a 4D series and a matching 3D mask, got "
-                        f"{conc.shape} and {mask.shape}")
+    conc, mask = series_and_mask(conc, candidate_mask, "input-function selection needs")
     t = check_frame_times(frame_times, conc.shape[-1])
     if exclude_mask is not None:
         mask = mask & ~np.asarray(exclude_mask, dtype=bool)

@@ -34,6 +34,7 @@ from strokeperf.deconvolution.parametric import ParametricDeconvolution
 from strokeperf.deconvolution.svd import (DEFAULT_CHUNK_SIZE, BlockCirculantSVD, CircularSVD,
                                           StandardSVD, TikhonovSVD)
 from strokeperf.errors import DataError
+from strokeperf.timecurves import series_and_mask
 
 #: Deconvolution methods by name: ``METHODS[name](aif, frame_times, **options).fit(curves)``.
 METHODS = {
@@ -86,11 +87,7 @@ def perfusion_maps(conc, mask, aif_curve, frame_times, method: str = "bcsvd",
     where the curve has no positive area), MTT in [0, scan duration], Tmax in [0, scan duration]
     (a tissue leading the AIF is Tmax 0).
     """
-    conc = np.asarray(conc)
-    mask = np.asarray(mask, dtype=bool)
-    if conc.ndim != 4 or conc.shape[:3] != mask.shape:
-        raise DataError(f"perfusion maps need a 4D series and a matching 3D mask, got {conc.shape}"
-                        f" and {mask.shape}")
+    conc, mask = series_and_mask(conc, mask, "perfusion maps need")
     if method not in METHODS:
         raise DataError(f"unknown deconvolution method {method!r}; choose from {sorted(METHODS)}")
     # The products here are small (2T x 2T by 2T x chunk): OpenBLAS threads cost more than they

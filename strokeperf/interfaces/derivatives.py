@@ -86,11 +86,6 @@ def bids_uri(path: str | Path, dataset_root: str | Path | None) -> str:
     return str(path)
 
 
-def qc_rule(flag: str) -> str:
-    """The one-sentence explanation of a QC flag."""
-    return qc.QC_FLAG_RULES.get(flag) or qc.WORKFLOW_QC_RULES[flag]
-
-
 def _write_image(src: Path, dst: Path, dtype, sidecar: dict) -> Path:
     img = nib.load(str(src))
     io.write_nifti(dst, np.asarray(img.dataobj).astype(dtype), img.affine)
@@ -199,7 +194,7 @@ def write_derivatives(session: dict, output_dir: str, run_id: str, maps: list[Fi
         "AIFQuality": record["aif_quality"],
         "AIFSource": _aif_source(record),
         **({"AIFReconstruction": reconstruction} if reconstruction else {}),
-        "QCFlags": {flag: qc_rule(flag) for flag in results.get("qc_flags", [])},
+        "QCFlags": {flag: qc.ALL_QC_RULES[flag] for flag in results.get("qc_flags", [])},
         **({"CoreMethod": core_method} if core_method else {}),
         **({"MotionCorrection": {"FramesExcluded": int(sum(motion["excluded"])),
                                  "Seconds": round(float(motion["seconds"]), 2)}}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 
 from strokeperf import CODE_URL, __version__
-from strokeperf.qc import QC_FLAG_RULES, WORKFLOW_QC_RULES
+from strokeperf.qc import ALL_QC_RULES
 
 NA = "n/a"
 MODALITY_NAMES = {"ctp": "CT perfusion", "dsc": "DSC-MRI perfusion"}
@@ -79,4 +79,4 @@ def img_tag(png_b64: str, alt: str) -> str:
 
 def flag_rule(flag: str) -> str:
     """The one-sentence rule of a QC flag (computed or raised by a workflow); "" if unknown."""
-    return QC_FLAG_RULES.get(flag) or WORKFLOW_QC_RULES.get(flag, "")
+    return ALL_QC_RULES.get(flag, "")
